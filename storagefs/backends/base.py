@@ -1,0 +1,144 @@
+"""The backend contract: one small async interface every store implements.
+
+A backend maps *keys* (``"dir/file"``, relative to the backend's own root and prefix) to
+objects. It knows nothing about inodes, POSIX or the other backends. Its one job beyond moving
+bytes is to *classify* its SDK's errors into the typed errors below; retrying, timeouts and
+circuit breaking happen once, in :mod:`storagefs.resilience`.
+
+Conventions every backend follows (the contract suite in ``tests/backends`` holds them to it):
+
+* A key ending in ``"/"`` is a directory marker: a zero-byte object that makes an empty
+  directory visible. Directories that merely contain objects are *implicit* (common prefixes).
+* ``list(prefix, delimiter="/")`` returns, in ascending UTF-8 byte order, the objects directly
+  under ``prefix`` (including the marker ``prefix`` itself if it exists) and the common prefixes
+  one level down, each ending in ``"/"``. ``delimiter=None`` lists recursively.
+* ``metadata`` is the user metadata (``mode``, ``uid``, ``gid``, ``mtime``: decimal strings).
+  Listings do not carry it (``ObjectInfo.metadata is None``); ``stat`` always does.
+* ``delete`` of a missing key succeeds (object stores are idempotent there).
+* Error messages never contain credentials.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Protocol, runtime_checkable
+
+# Names of the user-metadata entries the filesystem stores on every object. The same names as
+# s3fs-fuse and rclone use, so objects written by either keep their attributes here and back.
+META_MODE = "mode"
+META_UID = "uid"
+META_GID = "gid"
+META_MTIME = "mtime"  # seconds since the epoch, may carry a fraction ("1700000000.123456789")
+
+
+class BackendError(Exception):
+    """Base of every classified backend error. Not retried unless a subclass says so."""
+
+
+class NotFound(BackendError):
+    """The key (or the container/bucket) does not exist."""
+
+
+class Conflict(BackendError):
+    """The store refused the operation because of the object's current state."""
+
+
+class PermissionDenied(BackendError):
+    """Credentials are missing, wrong, or lack the right for this operation."""
+
+
+class InvalidRequest(BackendError):
+    """The store rejected the request itself (bad key, bad argument): retrying will not help."""
+
+
+class TransientError(BackendError):
+    """Timeouts, connection errors, 5xx, throttling: worth retrying."""
+
+
+class BackendUnavailable(BackendError):
+    """The backend is considered down (circuit breaker open, or retries exhausted)."""
+
+
+class ConfigurationError(BackendError):
+    """The backend cannot be used as configured (no such bucket, malformed URL, ...)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    key: str
+    size: int
+    mtime: float  # the store's last-modified time, seconds since the epoch
+    etag: str | None = None
+    metadata: Mapping[str, str] | None = None  # None: not fetched (listings)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ListPage:
+    objects: list[ObjectInfo]
+    prefixes: list[str]  # common prefixes, full keys ending in the delimiter
+    token: str | None  # pass back to get the next page; None on the last page
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What the filesystem core, the chain and the resilience layer all speak."""
+
+    name: str  # short name used in logs, health files and metrics ("s3", "azure", "local")
+
+    def describe(self) -> str:
+        """A human description without secrets, e.g. ``s3://bucket/prefix at http://...``."""
+        ...
+
+    async def open(self) -> None:
+        """Check the store is reachable and the bucket/container exists (ConfigurationError)."""
+        ...
+
+    async def close(self) -> None: ...
+
+    async def stat(self, key: str) -> ObjectInfo:
+        """Size, etag and user metadata of one object; NotFound when absent."""
+        ...
+
+    async def list(
+        self,
+        prefix: str,
+        *,
+        delimiter: str | None = "/",
+        token: str | None = None,
+        limit: int = 1000,
+    ) -> ListPage:
+        """One page of objects and common prefixes under ``prefix``."""
+        ...
+
+    async def read(self, key: str, offset: int, length: int) -> bytes:
+        """Up to ``length`` bytes from ``offset``; short (or empty) at the end of the object."""
+        ...
+
+    async def download(self, key: str, dest: str) -> ObjectInfo:
+        """The whole object into the local file ``dest`` (parallel ranged reads when large)."""
+        ...
+
+    async def write(self, key: str, source: str, metadata: Mapping[str, str]) -> ObjectInfo:
+        """Upload the local file ``source`` as ``key`` (multipart/blocks when large)."""
+        ...
+
+    async def write_bytes(
+        self, key: str, data: bytes, metadata: Mapping[str, str]
+    ) -> ObjectInfo:
+        """Upload a small object from memory (directory markers, tiny files)."""
+        ...
+
+    async def delete(self, key: str) -> None:
+        """Remove ``key``; succeeds when it is already gone."""
+        ...
+
+    async def copy(
+        self, src: str, dst: str, metadata: Mapping[str, str] | None = None
+    ) -> ObjectInfo:
+        """Server-side copy; ``metadata`` replaces the source's when given. src == dst allowed."""
+        ...
+
+    async def health(self) -> None:
+        """A cheap request proving the store answers; raises a classified error if not."""
+        ...
