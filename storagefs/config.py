@@ -1,0 +1,139 @@
+"""Configuration from ``STORAGEFS_*`` environment variables (pydantic-settings).
+
+Every setting has a documented default; a bad value fails at start with one clear line naming
+the variable (see :func:`load_settings`), never a traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import platformdirs
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ConfigError(Exception):
+    """A configuration problem, phrased for the user (one line)."""
+
+
+def default_cache_dir() -> Path:
+    return Path(platformdirs.user_cache_dir("storagefs"))
+
+
+def default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("storagefs")) / "bucket"
+
+
+# Never echoed in messages, logs or health files.
+SECRET_FIELDS = frozenset({"azure_connection_string", "azure_account_key", "azure_sas_token"})
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="STORAGEFS_", extra="ignore")
+
+    # --- what to mount -------------------------------------------------------------------
+    primary: str | None = Field(
+        default=None,
+        description="Primary backend URL: file:///path, s3://bucket/prefix, azure://container/prefix."
+        " Unset: a local directory under the user's data directory.",
+    )
+    secondary: str | None = Field(default=None, description="Optional secondary backend URL.")
+    cache_dir: Path = Field(
+        default_factory=default_cache_dir,
+        description="Staging files, cache and journal (created with mode 0700).",
+    )
+    read_only: bool = Field(default=False, description="Mount read-only (same as -o ro).")
+
+    # --- S3 ------------------------------------------------------------------------------
+    s3_endpoint_url: str | None = Field(
+        default=None, description="S3-compatible endpoint (moto, LocalStack, MinIO...)."
+    )
+    s3_region: str | None = Field(
+        default=None, description="Region; default AWS_REGION / AWS_DEFAULT_REGION / us-east-1."
+    )
+    s3_addressing_style: Literal["path", "virtual", "auto"] = Field(
+        default="path", description="Bucket addressing style."
+    )
+
+    # --- Azure ---------------------------------------------------------------------------
+    azure_connection_string: str | None = Field(default=None, repr=False)
+    azure_account_name: str | None = None
+    azure_account_key: str | None = Field(default=None, repr=False)
+    azure_sas_token: str | None = Field(default=None, repr=False)
+    azure_account_url: str | None = Field(
+        default=None, description="Blob service URL, e.g. http://127.0.0.1:10000/devstoreaccount1"
+    )
+
+    # --- transfers -----------------------------------------------------------------------
+    multipart_threshold: int = Field(default=16 * 1024 * 1024, ge=5 * 1024 * 1024)
+    multipart_chunksize: int = Field(default=16 * 1024 * 1024, ge=5 * 1024 * 1024)
+    transfer_concurrency: int = Field(
+        default=8, ge=1, le=64, description="Parallel parts of one upload/download."
+    )
+    max_requests: int = Field(
+        default=32, ge=1, le=512, description="Requests in flight per backend."
+    )
+    read_chunk_size: int = Field(
+        default=8 * 1024 * 1024, ge=64 * 1024, description="Size of one ranged GET when reading."
+    )
+    readahead_chunks: int = Field(
+        default=4, ge=0, le=32, description="Chunks fetched ahead in parallel on sequential reads."
+    )
+
+    # --- timeouts and caching ------------------------------------------------------------
+    connect_timeout: float = Field(default=3.0, gt=0, description="Seconds to connect.")
+    request_timeout: float = Field(
+        default=30.0, gt=0, description="Seconds for one attempt of one request."
+    )
+    metadata_ttl: float = Field(
+        default=5.0, ge=0, description="Seconds attributes and listings are trusted."
+    )
+
+    # --- retries and breakers (storagefs.resilience) -------------------------------------
+    retry_attempts: int = Field(default=4, ge=1, le=20)
+    retry_initial_backoff: float = Field(default=0.1, gt=0)
+    retry_max_backoff: float = Field(default=2.0, gt=0)
+    operation_deadline: float = Field(
+        default=60.0, gt=0, description="Total seconds for one operation, retries included."
+    )
+    breaker_failures: int = Field(default=5, ge=1, description="Failures that open a breaker.")
+    breaker_reset: float = Field(
+        default=10.0, gt=0, description="Seconds an open breaker waits before a probe."
+    )
+
+    # --- journal and write policy (storagefs.journal, storagefs.chain) -------------------
+    write_mode: Literal["through", "back"] = "through"
+    write_deadline: float = Field(
+        default=30.0, gt=0, description="Seconds close/fsync wait for the primary (through)."
+    )
+    journal_max_bytes: int = Field(default=10 * 1024**3, gt=0)
+    replay_workers: int = Field(default=4, ge=1, le=64)
+    replay_bytes_per_second: int = Field(
+        default=0, ge=0, description="Replay bandwidth cap; 0 = unlimited."
+    )
+
+    # --- logging -------------------------------------------------------------------------
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, v: object) -> object:
+        return v.upper() if isinstance(v, str) else v
+
+    def resolved_primary(self) -> str:
+        return self.primary or f"file://{default_data_dir()}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment plus explicit overrides (CLI flags); ConfigError if bad."""
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings(**clean)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = str(err["loc"][0]) if err["loc"] else "?"
+        shown = "<redacted>" if field in SECRET_FIELDS else repr(err.get("input"))
+        raise ConfigError(f"invalid STORAGEFS_{field.upper()}={shown}: {err['msg']}") from None
