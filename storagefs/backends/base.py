@@ -60,6 +60,10 @@ class BackendUnavailable(BackendError):
     """The backend is considered down (circuit breaker open, or retries exhausted)."""
 
 
+class NoSpace(BackendError):
+    """Local space for unsynced data (the journal) is full: the write is refused, not lost."""
+
+
 class ConfigurationError(BackendError):
     """The backend cannot be used as configured (no such bucket, malformed URL, ...)."""
 
