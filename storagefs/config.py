@@ -109,6 +109,11 @@ class Settings(BaseSettings):
         default=30.0, gt=0, description="Seconds close/fsync wait for the primary (through)."
     )
     journal_max_bytes: int = Field(default=10 * 1024**3, gt=0)
+    cache_max_bytes: int = Field(
+        default=2 * 1024**3,
+        ge=0,
+        description="Clean copies kept on disk to serve reads while remotes are down; 0 = off.",
+    )
     replay_workers: int = Field(default=4, ge=1, le=64)
     replay_bytes_per_second: int = Field(
         default=0, ge=0, description="Replay bandwidth cap; 0 = unlimited."
