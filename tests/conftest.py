@@ -1,0 +1,104 @@
+"""Session-wide test fixtures.
+
+Emulators: the session runs its own moto server and Azurite on free ports in a temporary
+directory (never a developer's running ones, which use the fixed ports) and stops them at the
+end; they also die with the pytest process if it is killed. Tests that kill or pause an
+emulator must start their own with :func:`storagefs.emulators.start_moto` /
+:func:`storagefs.emulators.start_azurite`, not touch these shared ones.
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+
+from storagefs import emulators
+from storagefs.emulators import EmulatorProcess
+
+
+class S3Bucket(NamedTuple):
+    endpoint_url: str
+    bucket: str
+
+
+class AzureContainer(NamedTuple):
+    connection_string: str
+    container: str
+
+
+def unique_name(prefix: str = "test") -> str:
+    """A bucket/container name valid for both S3 and Azure (lowercase, digits, dashes)."""
+    return f"{prefix}-{uuid.uuid4().hex[:16]}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _fake_cloud_credentials() -> Iterator[None]:
+    # Tests talk only to local emulators: fake credentials, and nothing of the developer's
+    # own AWS/Azure setup (profiles, config files, real keys) may leak into a test.
+    with pytest.MonkeyPatch.context() as mp:
+        for var in (
+            "AWS_PROFILE",
+            "AWS_SESSION_TOKEN",
+            "AWS_SECURITY_TOKEN",
+            "AWS_REGION",
+            "AWS_ENDPOINT_URL",
+            "AWS_ENDPOINT_URL_S3",
+        ):
+            mp.delenv(var, raising=False)
+        for var, value in emulators.FAKE_AWS_ENV.items():
+            mp.setenv(var, value)
+        mp.setenv("AWS_CONFIG_FILE", "/dev/null")
+        mp.setenv("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
+        yield
+
+
+@pytest.fixture(scope="session")
+def emulator_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("emulators")
+
+
+@pytest.fixture(scope="session")
+def moto_server(emulator_dir: Path) -> Iterator[EmulatorProcess]:
+    proc = emulators.start_moto(
+        emulator_dir / "moto", emulators.free_port(), buckets=(), die_with_parent=True
+    )
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def azurite_server(emulator_dir: Path) -> Iterator[EmulatorProcess]:
+    if shutil.which("azurite-blob") is None:
+        pytest.skip("azurite-blob is not on PATH (npm install -g azurite)")
+    proc = emulators.start_azurite(
+        emulator_dir / "azurite", emulators.free_port(), containers=(), die_with_parent=True
+    )
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def s3_bucket(moto_server: EmulatorProcess) -> Iterator[S3Bucket]:
+    """A fresh, empty bucket in the session's moto server, emptied and removed afterwards."""
+    bucket = unique_name()
+    emulators.create_bucket(moto_server.url, bucket)
+    yield S3Bucket(moto_server.url, bucket)
+    if moto_server.running():  # moto holds everything in memory: give it back
+        emulators.delete_bucket(moto_server.url, bucket)
+
+
+@pytest.fixture
+def azure_container(azurite_server: EmulatorProcess) -> Iterator[AzureContainer]:
+    """A fresh, empty container in the session's Azurite, removed afterwards."""
+    container = unique_name()
+    conn = emulators.azurite_connection_string(azurite_server.port)
+    emulators.create_container(conn, container)
+    yield AzureContainer(conn, container)
+    if azurite_server.running():
+        emulators.delete_container(conn, container)
