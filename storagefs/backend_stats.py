@@ -1,0 +1,182 @@
+"""Live request statistics of one backend, kept by :mod:`storagefs.resilience`.
+
+Read by the ``/.health`` files and telemetry. Everything here runs on the trio thread, so plain
+counters need no locks; the hot path (``started``/``finished``) is a few additions and a deque
+append, and the percentile sorting happens only when somebody asks for a snapshot.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+# Messages are cut so one odd SDK message cannot blow up a health file or a log line.
+MAX_MESSAGE_CHARS = 300
+
+# Outcomes of one operation, as the breaker sees them.
+ANSWERED = "answered"  # the store answered: a result, or NotFound/PermissionDenied/...
+FAILED = "failed"  # not answering: transient errors until retries ran out, deadline
+OTHER = "other"  # an unclassified exception (a bug or a local problem), or cancelled
+
+
+def short_message(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    if len(text) > MAX_MESSAGE_CHARS:
+        text = text[: MAX_MESSAGE_CHARS - 3] + "..."
+    return text
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LastError:
+    op: str
+    type: str
+    message: str
+    at: float  # wall clock, seconds since the epoch: health files are read by people
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Latency:
+    count: int  # samples in the window
+    p50: float
+    p95: float
+    p99: float
+
+
+def _rank(ordered: list[float], pct: float) -> float:
+    # Nearest-rank percentile: always one of the observed values, no interpolation.
+    index = max(0, math.ceil(pct / 100 * len(ordered)) - 1)
+    return ordered[index]
+
+
+class BackendStats:
+    """Counters and recent-window figures for one backend.
+
+    ``clock`` measures latency (trio's clock in production, so MockClock tests are exact);
+    ``wall_clock`` stamps errors for people reading the health files.
+    """
+
+    def __init__(
+        self,
+        backend: str,
+        *,
+        window: int = 1024,
+        clock: Callable[[], float],
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.backend = backend
+        self.window = window
+        self._clock = clock
+        self._wall_clock = wall_clock
+
+        self.breaker_state = "closed"
+        self.opened_at: float | None = None  # clock time the breaker last opened
+        self.reset_timeout: float | None = None
+        self.consecutive_failures = 0
+
+        self.in_flight = 0
+        self.successes = 0  # operations the store answered (NotFound included)
+        self.failures = 0  # operations given up on as unavailable
+        self.rejected = 0  # operations refused by an open breaker
+        self.retries = 0  # extra attempts made after transient errors
+        self.timeouts = 0  # attempts cut by the per-attempt timeout
+        self.last_error: LastError | None = None
+
+        self._outcomes: deque[bool] = deque(maxlen=window)
+        self._ok_in_window = 0
+        self._latencies: dict[str, deque[float]] = {}
+
+    # --- the hot path ---------------------------------------------------------------------
+
+    def started(self) -> float:
+        """Count one operation in flight; returns its start time for :meth:`finished`."""
+        self.in_flight += 1
+        return self._clock()
+
+    def finished(self, op: str, started_at: float, outcome: str) -> None:
+        self.in_flight -= 1
+        if outcome == OTHER:
+            return
+        ok = outcome == ANSWERED
+        if ok:
+            self.successes += 1
+            self.consecutive_failures = 0
+        else:
+            self.failures += 1
+            self.consecutive_failures += 1
+        if len(self._outcomes) == self.window and self._outcomes[0]:
+            self._ok_in_window -= 1
+        self._outcomes.append(ok)
+        self._ok_in_window += ok
+        # Latency as the caller saw it, retries and backoff included: a backend that answers
+        # only on the third try is slow, and the health files should say so.
+        samples = self._latencies.get(op)
+        if samples is None:
+            samples = self._latencies[op] = deque(maxlen=self.window)
+        samples.append(self._clock() - started_at)
+
+    def rejected_one(self) -> None:
+        self.rejected += 1
+
+    def record_error(self, op: str, exc: BaseException) -> None:
+        self.last_error = LastError(
+            op=op, type=type(exc).__name__, message=short_message(exc), at=self._wall_clock()
+        )
+
+    def breaker_changed(self, new_state: str) -> None:
+        self.breaker_state = new_state
+        if new_state == "open":
+            self.opened_at = self._clock()
+
+    # --- readers --------------------------------------------------------------------------
+
+    def success_rate(self) -> float | None:
+        """Share of answered operations among the last ``window`` ones; None before any."""
+        if not self._outcomes:
+            return None
+        return self._ok_in_window / len(self._outcomes)
+
+    def latency(self, op: str) -> Latency | None:
+        samples = self._latencies.get(op)
+        if not samples:
+            return None
+        ordered = sorted(samples)
+        return Latency(
+            count=len(ordered),
+            p50=_rank(ordered, 50),
+            p95=_rank(ordered, 95),
+            p99=_rank(ordered, 99),
+        )
+
+    def probe_in(self) -> float | None:
+        """Seconds until an open breaker lets a probe through (0: the next call probes)."""
+        if self.breaker_state != "open" or self.opened_at is None or self.reset_timeout is None:
+            return None
+        return max(0.0, self.reset_timeout - (self._clock() - self.opened_at))
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything above as plain JSON-ready values."""
+        latency = {}
+        for op in sorted(self._latencies):
+            figures = self.latency(op)
+            if figures is not None:
+                latency[op] = dataclasses.asdict(figures)
+        return {
+            "backend": self.backend,
+            "breaker": self.breaker_state,
+            "probe_in_s": self.probe_in(),
+            "consecutive_failures": self.consecutive_failures,
+            "in_flight": self.in_flight,
+            "successes": self.successes,
+            "failures": self.failures,
+            "rejected": self.rejected,
+            "retries": self.retries,
+            "timeouts": self.timeouts,
+            "success_rate": self.success_rate(),
+            "window": len(self._outcomes),
+            "latency_s": latency,
+            "last_error": dataclasses.asdict(self.last_error) if self.last_error else None,
+        }
