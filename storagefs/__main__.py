@@ -1,0 +1,3 @@
+from storagefs.cli import main
+
+main()

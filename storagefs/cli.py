@@ -1,0 +1,196 @@
+"""The ``storagefs`` command: mount, unmount (and more as the daemon grows).
+
+Every user error (bad setting, bad URL, missing bucket, unreachable endpoint, bad mountpoint)
+ends in one line on stderr starting with ``storagefs: error:`` and exit code 2.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import NoReturn
+
+import click
+
+from storagefs.backends.base import BackendError
+from storagefs.config import ConfigError, Settings, load_settings
+
+EXIT_USAGE = 2
+MOUNT_WAIT_SECONDS = 30.0
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
+    click.echo(f"storagefs: error: {message}", err=True)
+    sys.exit(code)
+
+
+def is_mounted(path: Path) -> bool:
+    """True for a live or a dead (``Transport endpoint is not connected``) mount."""
+    target = os.path.realpath(path)
+    with open("/proc/self/mounts") as mounts:
+        for line in mounts:
+            fields = line.split()
+            mnt = fields[1].replace("\\040", " ")
+            if mnt == target:
+                return True
+    return False
+
+
+def check_mountpoint(path: Path) -> Path:
+    try:
+        if is_mounted(path):
+            fail(f"{path} is already mounted (unmount it first: storagefs unmount {path})")
+        if not path.exists():
+            fail(f"mountpoint {path} does not exist (create it with: mkdir -p {path})")
+        if not path.is_dir():
+            fail(f"mountpoint {path} is not a directory")
+    except OSError as exc:
+        fail(f"cannot use mountpoint {path}: {exc.strerror}")
+    return path.resolve()
+
+
+def settings_from(**overrides: object) -> Settings:
+    try:
+        return load_settings(**overrides)
+    except ConfigError as exc:
+        fail(str(exc))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="storagefs")
+def main() -> None:
+    """Mount object storage (S3, Azure Blob, a local directory) as a directory."""
+
+
+@main.command()
+@click.argument("mountpoint", type=click.Path(path_type=Path))
+@click.option("-f", "--foreground", is_flag=True, help="Stay in the foreground.")
+@click.option(
+    "-o",
+    "options",
+    multiple=True,
+    help="FUSE mount options, comma separated (ro, allow_other, ...).",
+)
+@click.option("--primary", help="Primary backend URL (default: $STORAGEFS_PRIMARY).")
+@click.option("--secondary", help="Secondary backend URL (default: $STORAGEFS_SECONDARY).")
+@click.option("--cache-dir", type=click.Path(path_type=Path), help="Staging, cache, journal.")
+@click.option("--read-only", is_flag=True, default=None, help="Mount read-only.")
+@click.option("--log-level", help="DEBUG, INFO, WARNING or ERROR.")
+@click.option("--log-format", help="text or json.")
+def mount(
+    mountpoint: Path,
+    foreground: bool,
+    options: tuple[str, ...],
+    primary: str | None,
+    secondary: str | None,
+    cache_dir: Path | None,
+    read_only: bool | None,
+    log_level: str | None,
+    log_format: str | None,
+) -> None:
+    """Mount the configured storage on MOUNTPOINT."""
+    settings = settings_from(
+        primary=primary,
+        secondary=secondary,
+        cache_dir=cache_dir,
+        read_only=read_only,
+        log_level=log_level,
+        log_format=log_format,
+    )
+    target = check_mountpoint(mountpoint)
+    fuse_opts = [o.strip() for opt in options for o in opt.split(",") if o.strip()]
+    _check_fuse_options(fuse_opts)
+    if foreground:
+        _run_foreground(settings, target, fuse_opts)
+    else:
+        _run_background(target)
+
+
+def _check_fuse_options(opts: list[str]) -> None:
+    allowed = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(=[^,]*)?$")
+    for opt in opts:
+        if not allowed.match(opt):
+            fail(f"malformed mount option {opt!r}")
+
+
+def _run_foreground(settings: Settings, mountpoint: Path, fuse_opts: list[str]) -> None:
+    import trio  # imported here: `storagefs --help` and the parent of a daemon stay light
+
+    from storagefs.logs import setup_logging
+    from storagefs.mount import serve
+
+    setup_logging(settings.log_level, settings.log_format)
+    try:
+        trio.run(serve, settings, mountpoint, fuse_opts)
+    except (BackendError, ConfigError) as exc:
+        fail(str(exc))
+    except RuntimeError as exc:  # pyfuse3.init: the kernel refused the mount
+        fail(f"cannot mount {mountpoint}: {exc}")
+    except KeyboardInterrupt:
+        pass
+
+
+def _run_background(mountpoint: Path) -> None:
+    """Start a foreground daemon in its own session and wait until the mount is live.
+
+    A child process rather than fork(): trio and the SDKs start threads, which fork() does not
+    carry over safely. The child's errors are relayed so the user still gets one clear line."""
+    settings = settings_from()
+    logs = settings.cache_dir.expanduser() / "logs"
+    logs.mkdir(parents=True, exist_ok=True, mode=0o700)
+    log_path = logs / (re.sub(r"[^A-Za-z0-9]+", "_", str(mountpoint)).strip("_") + ".log")
+    args = [sys.executable, "-m", "storagefs", *sys.argv[1:], "--foreground"]
+    with open(log_path, "ab") as log_file:
+        child = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=log_file,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + MOUNT_WAIT_SECONDS
+    while time.monotonic() < deadline:
+        if is_mounted(mountpoint):
+            click.echo(f"storagefs: mounted on {mountpoint} (pid {child.pid}, log {log_path})")
+            return
+        code = child.poll()
+        if code is not None:
+            fail(_last_error(log_path) or f"the daemon exited with code {code}", code or 1)
+        time.sleep(0.05)
+    child.terminate()
+    fail(f"the mount did not appear within {MOUNT_WAIT_SECONDS:.0f} s; see {log_path}")
+
+
+def _last_error(log_path: Path) -> str | None:
+    try:
+        lines = log_path.read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines[-50:]):
+        if line.startswith("storagefs: error: "):
+            return line[len("storagefs: error: ") :]
+    return None
+
+
+@main.command()
+@click.argument("mountpoint", type=click.Path(path_type=Path))
+def unmount(mountpoint: Path) -> None:
+    """Unmount MOUNTPOINT (the daemon uploads open changes and exits)."""
+    if not is_mounted(mountpoint):
+        fail(f"{mountpoint} is not mounted")
+    tool = shutil.which("fusermount3") or shutil.which("fusermount")
+    if tool is None:
+        fail("fusermount3 not found (install the fuse3 package)")
+    result = subprocess.run([tool, "-u", str(mountpoint)], capture_output=True, text=True)
+    if result.returncode != 0:
+        fail(result.stderr.strip() or f"{tool} failed", 1)
+    click.echo(f"storagefs: unmounted {mountpoint}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""Which object keys can be POSIX paths, and how paths become keys."""
+
+from __future__ import annotations
+
+import errno
+import logging
+
+from storagefs.fs.errors import FSError
+
+log = logging.getLogger("storagefs.names")
+
+NAME_MAX = 255  # bytes, as on ext4 and in the kernel's dentry limits
+
+# The mount root's virtual directory; never read from or written to a backend.
+HEALTH_NAME = ".health"
+
+_reported: set[str] = set()
+
+
+def valid_component(name: str) -> bool:
+    return (
+        bool(name)
+        and name not in (".", "..")
+        and "/" not in name
+        and "\0" not in name
+        and len(name.encode("utf-8", "surrogateescape")) <= NAME_MAX
+    )
+
+
+def report_bad_key(key: str) -> None:
+    """Log once per key that a stored object cannot appear in the mount."""
+    if key not in _reported:
+        _reported.add(key)
+        log.warning("object key %r is not a valid POSIX path; it is left out of the mount", key)
+
+
+def bad_keys_seen() -> int:
+    return len(_reported)
+
+
+def decode_name(raw: bytes) -> str:
+    """Kernel names are bytes; keys are text. surrogateescape keeps any byte round-trippable."""
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def encode_name(name: str) -> bytes:
+    return name.encode("utf-8", "surrogateescape")
+
+
+def check_new_name(name: str) -> None:
+    if len(encode_name(name)) > NAME_MAX:
+        raise FSError(errno.ENAMETOOLONG)
+    if not valid_component(name):
+        raise FSError(errno.EINVAL, f"invalid name {name!r}")
+
+
+def child_path(parent: str, name: str) -> str:
+    return f"{parent}/{name}" if parent else name
+
+
+def parent_and_name(path: str) -> tuple[str, str]:
+    head, _, tail = path.rpartition("/")
+    return head, tail
+
+
+def dir_prefix(path: str) -> str:
+    """Key prefix of a directory's children ("" for the root)."""
+    return f"{path}/" if path else ""

@@ -1,0 +1,234 @@
+"""The thin pyfuse3 adapter: unpack arguments, call the core, turn errors into errnos.
+
+Only FUSEError may leave a pyfuse3 handler — anything else ends the main loop and the mount
+dies with it — so every handler goes through ``_guarded``: core and backend errors become their
+errno, anything unexpected is logged with its traceback and answered with EIO.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, ParamSpec, TypeVar
+
+import pyfuse3
+
+from storagefs.backends.base import BackendError
+from storagefs.fs.core import Filesystem
+from storagefs.fs.errors import FSError, errno_for
+from storagefs.fs.inodes import Node
+from storagefs.fs.names import decode_name, encode_name
+
+log = logging.getLogger("storagefs.fuse")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _guarded(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await fn(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except FSError as exc:
+            raise pyfuse3.FUSEError(exc.errno) from None
+        except BackendError as exc:
+            err = errno_for(exc)
+            log.warning("%s failed: %s: %s", fn.__name__, type(exc).__name__, exc)
+            raise pyfuse3.FUSEError(err) from None
+        except OSError as exc:
+            log.warning("%s failed: %s", fn.__name__, exc)
+            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
+        except Exception:
+            log.exception("unexpected error in %s; answered EIO", fn.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper
+
+
+class StorageOperations(pyfuse3.Operations):  # type: ignore[misc]
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+
+    def __init__(self, fs: Filesystem, timeout: float) -> None:
+        super().__init__()
+        self.fs = fs
+        self.timeout = timeout
+
+    def _entry(self, node: Node) -> pyfuse3.EntryAttributes:
+        a = node.attrs
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = node.ino
+        e.generation = 0
+        e.entry_timeout = self.timeout
+        e.attr_timeout = self.timeout
+        e.st_mode = a.mode
+        e.st_nlink = 1  # unknown link count: keeps find(1) from pruning on nlink
+        e.st_uid = a.uid
+        e.st_gid = a.gid
+        e.st_rdev = 0
+        e.st_size = a.size
+        e.st_blksize = 128 * 1024
+        e.st_blocks = (a.size + 511) // 512
+        e.st_atime_ns = a.atime_ns
+        e.st_mtime_ns = a.mtime_ns
+        e.st_ctime_ns = a.ctime_ns
+        return e
+
+    @_guarded
+    async def lookup(
+        self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        return self._entry(await self.fs.lookup(parent_inode, decode_name(name)))
+
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        for ino, count in inode_list:
+            self.fs.forget(ino, count)
+
+    @_guarded
+    async def getattr(
+        self, inode: int, ctx: pyfuse3.RequestContext | None = None
+    ) -> pyfuse3.EntryAttributes:
+        return self._entry(await self.fs.getattr(inode))
+
+    @_guarded
+    async def setattr(
+        self,
+        inode: int,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        fh: int | None,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        node = await self.fs.setattr(
+            inode,
+            mode=attr.st_mode if fields.update_mode else None,
+            uid=attr.st_uid if fields.update_uid else None,
+            gid=attr.st_gid if fields.update_gid else None,
+            size=attr.st_size if fields.update_size else None,
+            atime_ns=attr.st_atime_ns if fields.update_atime else None,
+            mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
+            fh=fh,
+        )
+        return self._entry(node)
+
+    @_guarded
+    async def mkdir(
+        self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        mode &= ~ctx.umask
+        node = await self.fs.mkdir(parent_inode, decode_name(name), mode, ctx.uid, ctx.gid)
+        return self._entry(node)
+
+    @_guarded
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        await self.fs.rmdir(parent_inode, decode_name(name))
+
+    @_guarded
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        await self.fs.unlink(parent_inode, decode_name(name))
+
+    @_guarded
+    async def rename(
+        self,
+        parent_inode_old: int,
+        name_old: bytes,
+        parent_inode_new: int,
+        name_new: bytes,
+        flags: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
+        await self.fs.rename(
+            parent_inode_old,
+            decode_name(name_old),
+            parent_inode_new,
+            decode_name(name_new),
+            flags,
+        )
+
+    @_guarded
+    async def create(
+        self,
+        parent_inode: int,
+        name: bytes,
+        mode: int,
+        flags: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        mode &= ~ctx.umask
+        fh, node = await self.fs.create(
+            parent_inode, decode_name(name), mode, flags, ctx.uid, ctx.gid
+        )
+        return pyfuse3.FileInfo(fh=fh), self._entry(node)
+
+    @_guarded
+    async def open(
+        self, inode: int, flags: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.FileInfo:
+        fh, keep_cache = await self.fs.open(inode, flags)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=keep_cache)
+
+    @_guarded
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        return await self.fs.read(fh, off, size)
+
+    @_guarded
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        return await self.fs.write(fh, off, buf)
+
+    @_guarded
+    async def flush(self, fh: int) -> None:
+        await self.fs.flush(fh)
+
+    @_guarded
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        await self.fs.fsync(fh)
+
+    @_guarded
+    async def release(self, fh: int) -> None:
+        await self.fs.release(fh)
+
+    @_guarded
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        return await self.fs.opendir(inode)
+
+    @_guarded
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        for entry in self.fs.readdir(fh, start_id):
+            if not pyfuse3.readdir_reply(
+                token, encode_name(entry.name), self._entry(entry.node), entry.next_id
+            ):
+                break
+            self.fs.add_lookup(entry.node)  # readdirplus gives the kernel a reference
+
+    @_guarded
+    async def releasedir(self, fh: int) -> None:
+        self.fs.releasedir(fh)
+
+    @_guarded
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        return None  # directory changes are on the store when their call returns
+
+    @_guarded
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        data = pyfuse3.StatvfsData()
+        for name, value in self.fs.statfs().items():
+            setattr(data, name, value)
+        return data
+
+    # Extended attributes are not stored: say so instead of a generic failure.
+    async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
+        raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+
+    async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
+        return []
+
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
+        raise pyfuse3.FUSEError(errno.ENOTSUP)
+
+    async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
+        raise pyfuse3.FUSEError(pyfuse3.ENOATTR)

@@ -1,0 +1,105 @@
+"""The daemon: open the backends, mount, serve until unmounted or signalled, clean up.
+
+One trio nursery holds everything (the FUSE main loop, readahead, background tasks); SIGINT and
+SIGTERM end the FUSE loop, dirty files are uploaded, and the mount is removed on the way out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+from collections.abc import Iterable
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from storagefs.backends.base import Backend, ConfigurationError
+from storagefs.config import Settings
+from storagefs.fs.core import Filesystem, FsOptions
+from storagefs.fuse_ops import StorageOperations
+from storagefs.stack import build_stack
+
+log = logging.getLogger("storagefs.mount")
+
+
+def prepare_cache_dir(settings: Settings) -> Path:
+    """The cache directory, private to the user (it holds file contents)."""
+    cache = settings.cache_dir.expanduser()
+    try:
+        cache.mkdir(parents=True, exist_ok=True, mode=0o700)
+        cache.chmod(0o700)
+    except OSError as exc:
+        raise ConfigurationError(f"cannot use cache directory {cache}: {exc.strerror}") from None
+    return cache
+
+
+def fuse_options(extra: Iterable[str], read_only: bool) -> set[str]:
+    opts = set(pyfuse3.default_options)
+    opts |= {"fsname=storagefs", "subtype=storagefs"}
+    for opt in extra:
+        opts.add(opt)
+    if read_only:
+        opts.add("ro")
+    return opts
+
+
+def fs_options(settings: Settings, cache: Path, read_only: bool) -> FsOptions:
+    staging = cache / "staging"
+    if staging.exists():
+        # Staging files of a previous run hold data no close() acknowledged: not ours to keep.
+        for stale in staging.iterdir():
+            stale.unlink(missing_ok=True)
+    return FsOptions(
+        staging_dir=staging,
+        metadata_ttl=settings.metadata_ttl,
+        read_only=read_only,
+        read_chunk_size=settings.read_chunk_size,
+        readahead_chunks=settings.readahead_chunks,
+        metadata_cache=cache / "metadata.db",
+    )
+
+
+async def serve(
+    settings: Settings,
+    mountpoint: Path,
+    extra_options: Iterable[str] = (),
+    read_only: bool = False,
+) -> None:
+    read_only = read_only or settings.read_only or "ro" in set(extra_options)
+    cache = prepare_cache_dir(settings)
+    backend: Backend = build_stack(settings, cache)
+    await backend.open()
+    fs = Filesystem(backend, fs_options(settings, cache, read_only))
+    ops = StorageOperations(fs, settings.metadata_ttl)
+    pyfuse3.init(ops, str(mountpoint), fuse_options(extra_options, read_only))
+    log.info("mounted %s on %s", backend.describe(), mountpoint)
+    try:
+        async with trio.open_nursery() as nursery:
+            fs.attach(nursery)
+            nursery.start_soon(_stop_on_signal)
+            await pyfuse3.main()
+            nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            await _upload_dirty(fs)
+        pyfuse3.close(unmount=True)
+        fs.close()
+        with trio.CancelScope(shield=True), contextlib.suppress(Exception):
+            await backend.close()
+        log.info("unmounted %s", mountpoint)
+
+
+async def _upload_dirty(fs: Filesystem) -> None:
+    if fs.dirty_files:
+        log.warning("uploading %d file(s) still open with changes", fs.dirty_files)
+        await fs.upload_all()
+
+
+async def _stop_on_signal() -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("received %s, unmounting", signal.Signals(signum).name)
+            pyfuse3.terminate()
+            return

@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from storagefs.fs.core import Filesystem, FsOptions
+from storagefs.fs.inodes import ROOT_INODE
+from tests.fakes import MemoryBackend
+
+
+@pytest.fixture
+def backend() -> MemoryBackend:
+    return MemoryBackend()
+
+
+def make_fs(backend: object, tmp_path: Path, **kw: object) -> Filesystem:
+    opts = FsOptions(
+        staging_dir=tmp_path / "staging",
+        metadata_ttl=kw.pop("ttl", 5.0),  # type: ignore[arg-type]
+        read_chunk_size=kw.pop("chunk", 64 * 1024),  # type: ignore[arg-type]
+        metadata_cache=tmp_path / "meta.db",
+        **kw,  # type: ignore[arg-type]
+    )
+    return Filesystem(backend, opts)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def fs(
+    backend: MemoryBackend, tmp_path: Path, nursery: trio.Nursery
+) -> AsyncIterator[Filesystem]:
+    f = make_fs(backend, tmp_path)
+    f.attach(nursery)
+    yield f
+    f.close()
+
+
+async def resolve(fs: Filesystem, path: str) -> int:
+    ino = ROOT_INODE
+    for part in [p for p in path.split("/") if p]:
+        ino = (await fs.lookup(ino, part)).ino
+    return ino
+
+
+async def write_file(fs: Filesystem, path: str, data: bytes, mode: int = 0o644) -> int:
+    parent, _, name = path.rpartition("/")
+    pino = await resolve(fs, parent)
+    fh, node = await fs.create(pino, name, mode, os.O_WRONLY | os.O_CREAT, 0, 0)
+    if data:
+        await fs.write(fh, 0, data)
+    await fs.flush(fh)
+    await fs.release(fh)
+    return node.ino
+
+
+async def read_file(fs: Filesystem, path: str) -> bytes:
+    ino = await resolve(fs, path)
+    fh, _ = await fs.open(ino, os.O_RDONLY)
+    node = await fs.getattr(ino)
+    out = b""
+    off = 0
+    while True:
+        chunk = await fs.read(fh, off, 100_000)
+        if not chunk:
+            break
+        out += chunk
+        off += len(chunk)
+    await fs.release(fh)
+    assert len(out) == node.attrs.size
+    return out

@@ -1,0 +1,355 @@
+"""The filesystem core driven directly, without a mount, over the in-memory backend."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from pathlib import Path
+
+import pytest
+import trio
+
+from storagefs.backends.base import META_MODE, META_MTIME, TransientError
+from storagefs.fs.core import RENAME_NOREPLACE, Filesystem
+from storagefs.fs.errors import FSError
+from storagefs.fs.inodes import ROOT_INODE
+from tests.core.conftest import make_fs, read_file, resolve, write_file
+from tests.fakes import MemoryBackend
+
+
+def errno_of(exc_info: pytest.ExceptionInfo[FSError]) -> int:
+    return exc_info.value.errno
+
+
+async def test_create_write_is_uploaded_on_flush(fs: Filesystem, backend: MemoryBackend) -> None:
+    fh, _ = await fs.create(ROOT_INODE, "a.txt", 0o640, os.O_WRONLY, 0, 0)
+    await fs.write(fh, 0, b"hello ")
+    await fs.write(fh, 6, b"world")
+    assert "a.txt" not in backend.objects  # nothing before flush
+    await fs.flush(fh)
+    await fs.release(fh)
+    data, meta, _ = backend.objects["a.txt"]
+    assert data == b"hello world"
+    assert stat.S_IMODE(int(meta[META_MODE])) == 0o640
+    assert await read_file(fs, "a.txt") == b"hello world"
+
+
+async def test_empty_file_is_created(fs: Filesystem, backend: MemoryBackend) -> None:
+    await write_file(fs, "empty", b"")
+    assert backend.objects["empty"][0] == b""
+
+
+async def test_read_large_file_in_chunks_with_readahead(
+    fs: Filesystem, backend: MemoryBackend
+) -> None:
+    blob = os.urandom(1_000_000)  # 16 chunks of 64 KiB
+    await backend.write_bytes("big", blob, {})
+    assert await read_file(fs, "big") == blob
+    ino = await resolve(fs, "big")
+    fh, _ = await fs.open(ino, os.O_RDONLY)
+    for off, size in [(900_000, 5000), (10, 70_000), (65_530, 20), (999_999, 10)]:
+        assert await fs.read(fh, off, size) == blob[off : off + size]
+    await fs.release(fh)
+
+
+async def test_sequential_read_fetches_chunks_once(
+    fs: Filesystem, backend: MemoryBackend
+) -> None:
+    blob = os.urandom(640 * 1024)
+    await backend.write_bytes("seq", blob, {})
+    backend.calls.clear()
+    assert await read_file(fs, "seq") == blob
+    reads = [c for c in backend.calls if c[0] == "read"]
+    assert len(reads) == 10  # one GET per 64 KiB chunk, never twice
+
+
+async def test_append_overwrite_random_write(fs: Filesystem, backend: MemoryBackend) -> None:
+    await write_file(fs, "f", b"0123456789")
+    ino = await resolve(fs, "f")
+    fh, _ = await fs.open(ino, os.O_WRONLY | os.O_APPEND)
+    await fs.write(fh, 10, b"ab")
+    await fs.flush(fh)
+    await fs.release(fh)
+    assert backend.objects["f"][0] == b"0123456789ab"
+    fh, _ = await fs.open(ino, os.O_RDWR)
+    await fs.write(fh, 3, b"XY")
+    await fs.release(fh)  # release without flush still uploads
+    assert backend.objects["f"][0] == b"012XY56789ab"
+    fh, _ = await fs.open(ino, os.O_WRONLY | os.O_TRUNC)
+    await fs.write(fh, 0, b"new")
+    await fs.flush(fh)
+    await fs.release(fh)
+    assert backend.objects["f"][0] == b"new"
+
+
+async def test_truncate_shrink_and_grow(fs: Filesystem, backend: MemoryBackend) -> None:
+    await write_file(fs, "t", b"abcdef")
+    ino = await resolve(fs, "t")
+    await fs.setattr(ino, size=3)
+    assert backend.objects["t"][0] == b"abc"
+    await fs.setattr(ino, size=6)
+    assert backend.objects["t"][0] == b"abc\0\0\0"
+    assert (await fs.getattr(ino)).attrs.size == 6
+
+
+async def test_mkdir_rmdir_and_errors(fs: Filesystem, backend: MemoryBackend) -> None:
+    d = await fs.mkdir(ROOT_INODE, "d", 0o750, 0, 0)
+    assert "d/" in backend.objects
+    with pytest.raises(FSError) as e:
+        await fs.mkdir(ROOT_INODE, "d", 0o755, 0, 0)
+    assert errno_of(e) == errno.EEXIST
+    await write_file(fs, "d/x", b"1")
+    with pytest.raises(FSError) as e:
+        await fs.rmdir(ROOT_INODE, "d")
+    assert errno_of(e) == errno.ENOTEMPTY
+    with pytest.raises(FSError) as e:
+        await fs.unlink(ROOT_INODE, "d")
+    assert errno_of(e) == errno.EISDIR
+    with pytest.raises(FSError) as e:
+        await fs.rmdir(d.ino, "x")
+    assert errno_of(e) == errno.ENOTDIR
+    with pytest.raises(FSError) as e:
+        await fs.open(d.ino, os.O_RDONLY)
+    assert errno_of(e) == errno.EISDIR
+    x = await resolve(fs, "d/x")
+    with pytest.raises(FSError) as e:
+        await fs.lookup(x, "child")
+    assert errno_of(e) == errno.ENOTDIR
+    await fs.unlink(d.ino, "x")
+    await fs.rmdir(ROOT_INODE, "d")
+    assert not backend.objects
+    with pytest.raises(FSError) as e:
+        await fs.lookup(ROOT_INODE, "d")
+    assert errno_of(e) == errno.ENOENT
+
+
+async def test_name_too_long(fs: Filesystem) -> None:
+    with pytest.raises(FSError) as e:
+        await fs.lookup(ROOT_INODE, "x" * 256)
+    assert errno_of(e) == errno.ENAMETOOLONG
+    with pytest.raises(FSError) as e:
+        await fs.create(ROOT_INODE, "é" * 128, 0o644, os.O_WRONLY, 0, 0)  # 256 bytes
+    assert errno_of(e) == errno.ENAMETOOLONG
+
+
+async def test_read_only(backend: MemoryBackend, tmp_path: Path, nursery: trio.Nursery) -> None:
+    await backend.write_bytes("f", b"x", {})
+    fs = make_fs(backend, tmp_path, read_only=True)
+    fs.attach(nursery)
+    assert await read_file(fs, "f") == b"x"
+    ino = await resolve(fs, "f")
+    for call in (
+        fs.create(ROOT_INODE, "n", 0o644, os.O_WRONLY, 0, 0),
+        fs.mkdir(ROOT_INODE, "d", 0o755, 0, 0),
+        fs.unlink(ROOT_INODE, "f"),
+        fs.rename(ROOT_INODE, "f", ROOT_INODE, "g"),
+        fs.setattr(ino, mode=0o600),
+        fs.open(ino, os.O_WRONLY),
+    ):
+        with pytest.raises(FSError) as e:
+            await call
+        assert errno_of(e) == errno.EROFS
+    assert list(backend.objects) == ["f"]
+
+
+async def test_implicit_dirs_markers_and_10000_entries(
+    fs: Filesystem, backend: MemoryBackend
+) -> None:
+    for i in range(10_000):
+        backend.objects[f"many/f{i:05d}"] = (b"", {}, 0.0)
+    backend.objects["implicit/deep/file"] = (b"x", {}, 0.0)
+    backend.objects["empty/"] = (b"", {}, 0.0)
+    dh = await fs.opendir(ROOT_INODE)
+    names = [e.name for e in fs.readdir(dh, 0)]
+    assert names == ["empty", "implicit", "many"]
+    assert all(e.node.attrs.is_dir for e in fs.readdir(dh, 0))
+    many = await resolve(fs, "many")
+    dh = await fs.opendir(many)
+    entries = fs.readdir(dh, 0)
+    assert len(entries) == 10_000
+    assert entries[-1].name == "f09999"
+    assert [e.name for e in fs.readdir(dh, 9998)] == ["f09998", "f09999"]
+    fs.releasedir(dh)
+    assert (await fs.getattr(await resolve(fs, "implicit/deep"))).attrs.is_dir
+    assert (await fs.getattr(await resolve(fs, "empty"))).attrs.is_dir
+
+
+async def test_one_listing_serves_readdir_and_lookups(
+    fs: Filesystem, backend: MemoryBackend
+) -> None:
+    for i in range(50):
+        await write_file(fs, f"f{i}", b"x")
+    fresh = make_fs(backend, fs.options.staging_dir.parent)  # a remount, same metadata cache
+    fresh.attach(fs._nursery)  # type: ignore[arg-type]
+    backend.calls.clear()
+    dh = await fresh.opendir(ROOT_INODE)
+    fresh.readdir(dh, 0)
+    for i in range(50):
+        await fresh.lookup(ROOT_INODE, f"f{i}")
+    assert [c[0] for c in backend.calls] == ["list"]
+
+
+async def test_invalid_keys_are_left_out(fs: Filesystem, backend: MemoryBackend) -> None:
+    for key in ["ok", "a//b", "dot/./x", "dd/../y", "x" * 300, ".health", "good/.."]:
+        backend.objects[key] = (b"1", {}, 0.0)
+    dh = await fs.opendir(ROOT_INODE)
+    names = {e.name for e in fs.readdir(dh, 0)}
+    assert names == {"ok", "a", "dot", "dd", "good"}
+    for sub, expected in [("a", set()), ("dot", set()), ("dd", set()), ("good", set())]:
+        dh = await fs.opendir(await resolve(fs, sub))
+        assert {e.name for e in fs.readdir(dh, 0)} == expected
+
+
+async def test_rename_file_over_existing(fs: Filesystem, backend: MemoryBackend) -> None:
+    await write_file(fs, "a", b"AAA")
+    await write_file(fs, "b", b"B")
+    await fs.rename(ROOT_INODE, "a", ROOT_INODE, "b")
+    assert set(backend.objects) == {"b"}
+    assert await read_file(fs, "b") == b"AAA"
+    await write_file(fs, "c", b"C")
+    with pytest.raises(FSError) as e:
+        await fs.rename(ROOT_INODE, "c", ROOT_INODE, "b", RENAME_NOREPLACE)
+    assert errno_of(e) == errno.EEXIST
+    with pytest.raises(FSError) as e:
+        await fs.rename(ROOT_INODE, "missing", ROOT_INODE, "x")
+    assert errno_of(e) == errno.ENOENT
+
+
+async def test_rename_directory_tree(fs: Filesystem, backend: MemoryBackend) -> None:
+    await fs.mkdir(ROOT_INODE, "src", 0o755, 0, 0)
+    await fs.mkdir(await resolve(fs, "src"), "sub", 0o700, 0, 0)
+    await fs.mkdir(await resolve(fs, "src/sub"), "empty", 0o755, 0, 0)
+    for i in range(30):
+        await write_file(fs, f"src/sub/f{i}", str(i).encode())
+    await write_file(fs, "src/top", b"top")
+    await fs.rename(ROOT_INODE, "src", ROOT_INODE, "dst")
+    assert not [k for k in backend.objects if k.startswith("src")]
+    assert "dst/sub/empty/" in backend.objects
+    assert await read_file(fs, "dst/sub/f7") == b"7"
+    assert await read_file(fs, "dst/top") == b"top"
+    sub = await fs.getattr(await resolve(fs, "dst/sub"))
+    assert stat.S_IMODE(sub.attrs.mode) == 0o700
+    with pytest.raises(FSError) as e:
+        await fs.lookup(ROOT_INODE, "src")
+    assert errno_of(e) == errno.ENOENT
+    # into itself, and over a non-empty directory
+    with pytest.raises(FSError) as e:
+        await fs.rename(ROOT_INODE, "dst", await resolve(fs, "dst/sub"), "x")
+    assert errno_of(e) == errno.EINVAL
+    await fs.mkdir(ROOT_INODE, "other", 0o755, 0, 0)
+    await write_file(fs, "other/f", b"")
+    with pytest.raises(FSError) as e:
+        await fs.rename(ROOT_INODE, "dst", ROOT_INODE, "other")
+    assert errno_of(e) == errno.ENOTEMPTY
+    with pytest.raises(FSError) as e:
+        await fs.rename(ROOT_INODE, "dst", await resolve(fs, "other"), "f")
+    assert errno_of(e) == errno.ENOTDIR
+
+
+async def test_attributes_survive_remount(
+    fs: Filesystem, backend: MemoryBackend, tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    ino = await write_file(fs, "f", b"data", mode=0o600)
+    await fs.setattr(ino, mode=0o751, uid=123, gid=456, mtime_ns=1_600_000_000_123_456_789)
+    await fs.mkdir(ROOT_INODE, "d", 0o700, 7, 8)
+    assert backend.objects["f"][1][META_MTIME] == "1600000000.123456789"
+    for cache in ("meta.db", "other.db"):  # remembered metadata, and a cold cache (HEAD)
+        fresh = make_fs(backend, tmp_path)
+        if cache == "other.db":
+            from storagefs.fs.metadata_cache import MetadataCache
+
+            fresh.meta = MetadataCache(tmp_path / cache)
+        fresh.attach(nursery)
+        node = await fresh.getattr(await resolve(fresh, "f"))
+        assert stat.S_IMODE(node.attrs.mode) == 0o751
+        assert (node.attrs.uid, node.attrs.gid) == (123, 456)
+        assert node.attrs.mtime_ns == 1_600_000_000_123_456_789
+        d = await fresh.getattr(await resolve(fresh, "d"))
+        assert stat.S_IMODE(d.attrs.mode) == 0o700
+        assert (d.attrs.uid, d.attrs.gid) == (7, 8)
+
+
+async def test_listing_shows_remembered_metadata(
+    fs: Filesystem, backend: MemoryBackend, tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    ino = await write_file(fs, "f", b"data")
+    await fs.setattr(ino, mode=0o600)
+    fresh = make_fs(backend, tmp_path)
+    fresh.attach(nursery)
+    dh = await fresh.opendir(ROOT_INODE)
+    (entry,) = fresh.readdir(dh, 0)
+    assert stat.S_IMODE(entry.node.attrs.mode) == 0o600
+    # Changed behind our back: the etag no longer matches, so defaults apply until a HEAD.
+    backend.objects["f"] = (b"other!", {}, 0.0)
+    fresh2 = make_fs(backend, tmp_path)
+    fresh2.attach(nursery)
+    dh = await fresh2.opendir(ROOT_INODE)
+    (entry,) = fresh2.readdir(dh, 0)
+    assert stat.S_IMODE(entry.node.attrs.mode) == 0o644
+    assert entry.node.attrs.size == 6
+
+
+class FailingWrites(MemoryBackend):
+    async def write(self, key: str, source: str, metadata: object) -> object:  # type: ignore[override]
+        raise TransientError("simulated outage")
+
+
+async def test_failed_upload_is_an_error_on_flush(tmp_path: Path, nursery: trio.Nursery) -> None:
+    fs = make_fs(FailingWrites(), tmp_path)
+    fs.attach(nursery)
+    fh, _ = await fs.create(ROOT_INODE, "f", 0o644, os.O_WRONLY, 0, 0)
+    await fs.write(fh, 0, b"x")
+    with pytest.raises(FSError) as e:
+        await fs.flush(fh)
+    assert errno_of(e) == errno.EIO
+    with pytest.raises(FSError):
+        await fs.fsync(fh)
+    await fs.release(fh)
+
+
+async def test_behind_the_back_changes_seen_after_ttl(
+    backend: MemoryBackend, tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    fs = make_fs(backend, tmp_path, ttl=0.0)
+    fs.attach(nursery)
+    await write_file(fs, "f", b"one")
+    backend.objects["f"] = (b"second", {}, 0.0)
+    assert await read_file(fs, "f") == b"second"
+    del backend.objects["f"]
+    with pytest.raises(FSError) as e:
+        await fs.getattr(await resolve(fs, ""))  # root always answers
+        await resolve(fs, "f")
+    assert errno_of(e) == errno.ENOENT
+
+
+async def test_unlink_while_open_keeps_handle_and_uploads_nothing(
+    fs: Filesystem, backend: MemoryBackend
+) -> None:
+    fh, _ = await fs.create(ROOT_INODE, "f", 0o644, os.O_RDWR, 0, 0)
+    await fs.write(fh, 0, b"abc")
+    await fs.unlink(ROOT_INODE, "f")
+    assert await fs.read(fh, 0, 10) == b"abc"
+    await fs.flush(fh)
+    await fs.release(fh)
+    assert "f" not in backend.objects
+
+
+async def test_many_writers_at_once(fs: Filesystem, backend: MemoryBackend) -> None:
+    async def writer(i: int) -> None:
+        await write_file(fs, f"w{i}", bytes([i]) * (1000 + i))
+
+    async with trio.open_nursery() as n:
+        for i in range(40):
+            n.start_soon(writer, i)
+    for i in range(40):
+        assert backend.objects[f"w{i}"][0] == bytes([i]) * (1000 + i)
+
+
+async def test_statfs_and_forget(fs: Filesystem) -> None:
+    assert fs.statfs()["f_namemax"] == 255
+    ino = await write_file(fs, "f", b"x")
+    node = await fs.lookup(ROOT_INODE, "f")
+    before = len(fs.inodes)
+    fs.forget(ino, node.lookups)
+    assert len(fs.inodes) == before - 1
