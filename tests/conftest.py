@@ -9,6 +9,7 @@ emulator must start their own with :func:`storagefs.emulators.start_moto` /
 
 from __future__ import annotations
 
+import os
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -37,10 +38,14 @@ def unique_name(prefix: str = "test") -> str:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _fake_cloud_credentials() -> Iterator[None]:
+def _isolated_environment() -> Iterator[None]:
     # Tests talk only to local emulators: fake credentials, and nothing of the developer's
-    # own AWS/Azure setup (profiles, config files, real keys) may leak into a test.
+    # own setup (AWS profiles and config files, real keys, STORAGEFS_* variables left over
+    # from `eval "$(scripts/emulators env)"`) may leak into a test.
     with pytest.MonkeyPatch.context() as mp:
+        for var in os.environ:
+            if var.startswith(("STORAGEFS_", "AZURE_STORAGE_")):
+                mp.delenv(var)
         for var in (
             "AWS_PROFILE",
             "AWS_SESSION_TOKEN",
@@ -52,8 +57,8 @@ def _fake_cloud_credentials() -> Iterator[None]:
             mp.delenv(var, raising=False)
         for var, value in emulators.FAKE_AWS_ENV.items():
             mp.setenv(var, value)
-        mp.setenv("AWS_CONFIG_FILE", "/dev/null")
-        mp.setenv("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        mp.setenv("AWS_CONFIG_FILE", os.devnull)
+        mp.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
         mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
         yield
 

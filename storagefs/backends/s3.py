@@ -1,0 +1,502 @@
+"""Amazon S3 and S3-compatible stores (moto, LocalStack, MinIO...) as a backend: ``s3://bucket/prefix``.
+
+One boto3 client per backend, with botocore's own retries off: retrying happens once, in
+:mod:`storagefs.resilience`; this module only classifies errors (:func:`classify`). Every
+blocking call runs in a worker thread under a per-backend :class:`trio.CapacityLimiter` and is
+abandoned on cancellation, so a deadline above us can move on while the socket times out.
+
+An abandoned write may still reach S3 after its caller gave up. So that it can never land
+*after* a later write of the same key, changes to one key are issued one at a time: a new one
+waits until the thread of the previous one has really finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import boto3
+import boto3.exceptions
+import botocore.exceptions
+import trio
+import urllib3.exceptions
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+
+from storagefs.backends.base import (
+    BackendError,
+    ConfigurationError,
+    Conflict,
+    InvalidRequest,
+    ListPage,
+    NotFound,
+    ObjectInfo,
+    PermissionDenied,
+    TransientError,
+)
+from storagefs.config import Settings
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3.client import S3Client
+
+T = TypeVar("T")
+
+MAX_SINGLE_COPY = 5 * 1024**3  # S3 refuses CopyObject above 5 GiB
+OPEN_TIMEOUT = 8.0  # open() answers within this even when the endpoint never responds
+
+_NOT_FOUND_CODES = {"NoSuchKey", "NotFound", "404", "NoSuchUpload"}
+_DENIED_CODES = {
+    "AccessDenied",
+    "AllAccessDisabled",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "ExpiredToken",
+    "InvalidToken",
+    "TokenRefreshRequired",
+    "RequestTimeTooSkewed",
+}
+_TRANSIENT_CODES = {
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "RequestLimitExceeded",
+    "TooManyRequestsException",
+    "RequestTimeout",  # a 400 on S3, but retrying is exactly what it asks for
+    "RequestTimeoutException",
+    "InternalError",
+    "ServiceUnavailable",
+    "ServiceUnavailableException",
+}
+_CONFIG_CODES = {"NoSuchBucket", "PermanentRedirect", "AuthorizationHeaderMalformed"}
+_NETWORK_ERRORS: tuple[type[BaseException], ...] = (
+    botocore.exceptions.ConnectionError,  # EndpointConnectionError, ConnectTimeoutError...
+    botocore.exceptions.HTTPClientError,  # ReadTimeoutError, ConnectionClosedError...
+    botocore.exceptions.IncompleteReadError,
+    botocore.exceptions.ChecksumError,
+    urllib3.exceptions.HTTPError,
+    boto3.exceptions.RetriesExceededError,  # s3transfer's download retry (set to 1 attempt)
+)
+
+
+def classify(exc: BaseException, *, op: str = "", key: str = "", where: str = "") -> BackendError:
+    """The typed error for a botocore/boto3 exception. ``op``, ``key`` and ``where`` (the
+    endpoint) make the message; credentials never appear in botocore's messages."""
+    context = " ".join(
+        p for p in (op, repr(key) if key else "", f"at {where}" if where else "") if p
+    )
+    prefix = f"s3: {context}: " if context else "s3: "
+    cause = _root_cause(exc)
+    if isinstance(cause, BackendError):
+        return cause
+    if isinstance(cause, botocore.exceptions.ClientError):
+        error = cause.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        status = int(cause.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        text = f"{prefix}{code or status}: {error.get('Message') or 'no message'}"
+        if code in _CONFIG_CODES or status == 301:
+            return ConfigurationError(text)
+        if code in _TRANSIENT_CODES or status == 429 or status >= 500:
+            return TransientError(text)
+        if code in _NOT_FOUND_CODES or status == 404:
+            return NotFound(text)
+        if code in _DENIED_CODES or status == 403:
+            return PermissionDenied(text)
+        if status in (409, 412) or code in ("PreconditionFailed", "OperationAborted"):
+            return Conflict(text)
+        if 400 <= status < 500:
+            return InvalidRequest(text)
+        return TransientError(text)
+    text = f"{prefix}{type(cause).__name__}: {cause}"
+    if isinstance(
+        cause, botocore.exceptions.NoCredentialsError | botocore.exceptions.PartialCredentialsError
+    ):
+        return PermissionDenied(text)
+    if isinstance(cause, _NETWORK_ERRORS):
+        return TransientError(text)
+    if isinstance(cause, botocore.exceptions.ParamValidationError):
+        return InvalidRequest(text)
+    if isinstance(
+        cause,
+        botocore.exceptions.BaseEndpointResolverError | botocore.exceptions.ProfileNotFound,
+    ):
+        return ConfigurationError(text)
+    return BackendError(text)
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    # boto3's transfer manager re-raises a ClientError as S3UploadFailedError (inside the
+    # except block, so the original is the context): classify what S3 actually said.
+    seen = 0
+    while isinstance(exc, boto3.exceptions.S3UploadFailedError) and seen < 5:
+        inner = exc.__cause__ or exc.__context__
+        if inner is None:
+            break
+        exc, seen = inner, seen + 1
+    return exc
+
+
+def _is_boto_error(exc: BaseException) -> bool:
+    return isinstance(
+        exc,
+        botocore.exceptions.BotoCoreError
+        | botocore.exceptions.ClientError
+        | boto3.exceptions.Boto3Error
+        | urllib3.exceptions.HTTPError,
+    )
+
+
+def _etag(raw: object) -> str | None:
+    return raw.strip('"') if isinstance(raw, str) else None
+
+
+def _timestamp(raw: object) -> float:
+    return raw.timestamp() if isinstance(raw, datetime) else time.time()
+
+
+class S3Backend:
+    def __init__(self, bucket: str, prefix: str, settings: Settings, name: str = "s3") -> None:
+        self.name = name
+        self.bucket = bucket
+        self.prefix = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
+        region = (
+            settings.s3_region
+            or os.environ.get("AWS_REGION")
+            or os.environ.get("AWS_DEFAULT_REGION")
+            or "us-east-1"
+        )
+        config = Config(
+            connect_timeout=settings.connect_timeout,
+            read_timeout=settings.request_timeout,
+            retries={"total_max_attempts": 1},
+            s3={"addressing_style": settings.s3_addressing_style},
+            max_pool_connections=settings.max_requests,
+        )
+        self._client: S3Client = boto3.session.Session().client(
+            "s3", endpoint_url=settings.s3_endpoint_url, region_name=region, config=config
+        )
+        self.endpoint: str = self._client.meta.endpoint_url
+        self._transfer = TransferConfig(
+            multipart_threshold=settings.multipart_threshold,
+            multipart_chunksize=settings.multipart_chunksize,
+            max_concurrency=settings.transfer_concurrency,
+            num_download_attempts=1,
+            preferred_transfer_client="classic",
+        )
+        self._multipart_threshold = settings.multipart_threshold
+        self._limiter = trio.CapacityLimiter(settings.max_requests)
+        self._changing: dict[str, trio.Event] = {}  # key -> set when its change has finished
+
+    def describe(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix} at {self.endpoint}"
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    async def open(self) -> None:
+        with trio.move_on_after(OPEN_TIMEOUT) as scope:
+            try:
+                await self._call("open", "", lambda: self._client.head_bucket(Bucket=self.bucket))
+            except NotFound as exc:
+                raise ConfigurationError(
+                    f"s3: bucket '{self.bucket}' does not exist at {self.endpoint}"
+                ) from exc
+            except TransientError as exc:
+                raise ConfigurationError(f"cannot reach {self.endpoint}: {exc}") from exc
+            except ConfigurationError as exc:
+                if "NoSuchBucket" in str(exc):
+                    raise ConfigurationError(
+                        f"s3: bucket '{self.bucket}' does not exist at {self.endpoint}"
+                    ) from exc
+                raise
+        if scope.cancelled_caught:
+            raise ConfigurationError(
+                f"cannot reach {self.endpoint}: no answer within {OPEN_TIMEOUT:.0f} s"
+            )
+
+    async def close(self) -> None:
+        await trio.to_thread.run_sync(self._client.close)
+
+    async def health(self) -> None:
+        await self._call("health", "", lambda: self._client.head_bucket(Bucket=self.bucket))
+
+    # --- reads ---------------------------------------------------------------------------
+
+    async def stat(self, key: str) -> ObjectInfo:
+        full = self._full(key)
+        head = await self._call(
+            "stat", key, lambda: self._client.head_object(Bucket=self.bucket, Key=full)
+        )
+        return self._head_info(key, head)
+
+    async def list(
+        self,
+        prefix: str,
+        *,
+        delimiter: str | None = "/",
+        token: str | None = None,
+        limit: int = 1000,
+    ) -> ListPage:
+        args: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Prefix": self.prefix + prefix,
+            "MaxKeys": limit,
+        }
+        if delimiter:
+            args["Delimiter"] = delimiter
+        if token:
+            args["ContinuationToken"] = token
+        page = await self._call("list", prefix, lambda: self._client.list_objects_v2(**args))
+        cut = len(self.prefix)
+        objects = [
+            ObjectInfo(
+                key=o["Key"][cut:],
+                size=o.get("Size", 0),
+                mtime=_timestamp(o.get("LastModified")),
+                etag=_etag(o.get("ETag")),
+            )
+            for o in page.get("Contents", [])
+            if len(o["Key"]) > cut  # the marker of the backend's own prefix is not a key
+        ]
+        prefixes = [p["Prefix"][cut:] for p in page.get("CommonPrefixes", [])]
+        next_token = page.get("NextContinuationToken") if page.get("IsTruncated") else None
+        return ListPage(objects, prefixes, next_token)
+
+    async def read(self, key: str, offset: int, length: int) -> bytes:
+        if offset < 0 or length < 0:
+            raise InvalidRequest(f"s3: read {key!r}: negative offset or length")
+        if length == 0:
+            await self.stat(key)  # still NotFound for a missing key
+            return b""
+        full = self._full(key)
+
+        def get() -> bytes:
+            try:
+                resp = self._client.get_object(
+                    Bucket=self.bucket, Key=full, Range=f"bytes={offset}-{offset + length - 1}"
+                )
+            except botocore.exceptions.ClientError as exc:
+                if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 416:
+                    return b""  # the range starts at or past the end of the object
+                raise
+            body = resp["Body"]
+            try:
+                return body.read()
+            finally:
+                body.close()
+
+        return await self._call("read", key, get)
+
+    async def download(self, key: str, dest: str) -> ObjectInfo:
+        full = self._full(key)
+        info = await self.stat(key)
+        # IfMatch: the bytes we fetch are the version we just described, or a Conflict.
+        extra = {"IfMatch": f'"{info.etag}"'} if info.etag else None
+        await self._call(
+            "download",
+            key,
+            lambda: self._client.download_file(
+                self.bucket, full, dest, ExtraArgs=extra, Config=self._transfer
+            ),
+        )
+        return info
+
+    # --- writes --------------------------------------------------------------------------
+
+    async def write(self, key: str, source: str, metadata: Mapping[str, str]) -> ObjectInfo:
+        full = self._full(key)
+        size = await trio.to_thread.run_sync(os.path.getsize, source)
+        if size < self._multipart_threshold:
+
+            def put() -> dict[str, Any]:
+                with open(source, "rb") as body:
+                    return dict(
+                        self._client.put_object(
+                            Bucket=self.bucket, Key=full, Body=body, Metadata=dict(metadata)
+                        )
+                    )
+
+            resp = await self._call("write", key, put, changes=full)
+            return ObjectInfo(key, size, time.time(), _etag(resp.get("ETag")), dict(metadata))
+
+        await self._call(
+            "write",
+            key,
+            lambda: self._client.upload_file(
+                source,
+                self.bucket,
+                full,
+                ExtraArgs={"Metadata": dict(metadata)},
+                Config=self._transfer,
+            ),
+            changes=full,
+        )
+        # upload_file returns nothing; the multipart ETag is only known to S3.
+        return await self.stat(key)
+
+    async def write_bytes(self, key: str, data: bytes, metadata: Mapping[str, str]) -> ObjectInfo:
+        full = self._full(key)
+        resp = await self._call(
+            "write",
+            key,
+            lambda: self._client.put_object(
+                Bucket=self.bucket, Key=full, Body=data, Metadata=dict(metadata)
+            ),
+            changes=full,
+        )
+        return ObjectInfo(key, len(data), time.time(), _etag(resp.get("ETag")), dict(metadata))
+
+    async def copy(
+        self, src: str, dst: str, metadata: Mapping[str, str] | None = None
+    ) -> ObjectInfo:
+        src_full, dst_full = self._full(src), self._full(dst)
+        source = await self.stat(src)
+        if src == dst and metadata is None:
+            return source  # S3 refuses a copy onto itself that changes nothing
+        meta = dict(metadata) if metadata is not None else dict(source.metadata or {})
+        # CopySourceIfMatch: copy the version we just looked at, or fail with a Conflict.
+        if_match = f'"{source.etag}"' if source.etag else None
+        directive = "REPLACE" if metadata is not None else "COPY"
+        if source.size <= MAX_SINGLE_COPY:
+
+            def copy_object() -> dict[str, Any]:
+                args: dict[str, Any] = {
+                    "Bucket": self.bucket,
+                    "Key": dst_full,
+                    "CopySource": {"Bucket": self.bucket, "Key": src_full},
+                    "MetadataDirective": directive,
+                }
+                if metadata is not None:
+                    args["Metadata"] = meta
+                if if_match:
+                    args["CopySourceIfMatch"] = if_match
+                return dict(self._client.copy_object(**args))
+
+            resp = await self._call("copy", src, copy_object, changes=dst_full)
+            result = resp.get("CopyObjectResult", {})
+            return ObjectInfo(
+                dst,
+                source.size,
+                _timestamp(result.get("LastModified")),
+                _etag(result.get("ETag")),
+                meta,
+            )
+        # Above 5 GiB: the transfer manager copies in parts (UploadPartCopy).
+        extra: dict[str, Any] = {"MetadataDirective": directive}
+        if metadata is not None:
+            extra["Metadata"] = meta
+        if if_match:
+            extra["CopySourceIfMatch"] = if_match
+        await self._call(
+            "copy",
+            src,
+            lambda: self._client.copy(
+                {"Bucket": self.bucket, "Key": src_full},
+                self.bucket,
+                dst_full,
+                ExtraArgs=extra,
+                Config=self._transfer,
+            ),
+            changes=dst_full,
+        )
+        return await self.stat(dst)
+
+    async def delete(self, key: str) -> None:
+        full = self._full(key)
+        await self._call(
+            "delete",
+            key,
+            lambda: self._client.delete_object(Bucket=self.bucket, Key=full),
+            changes=full,
+        )
+
+    # --- helpers -------------------------------------------------------------------------
+
+    def _full(self, key: str) -> str:
+        if not key:
+            raise InvalidRequest("s3: the empty key names no object")
+        return self.prefix + key
+
+    def _head_info(self, key: str, head: Mapping[str, Any]) -> ObjectInfo:
+        return ObjectInfo(
+            key=key,
+            size=int(head.get("ContentLength", 0)),
+            mtime=_timestamp(head.get("LastModified")),
+            etag=_etag(head.get("ETag")),
+            metadata={k.lower(): v for k, v in head.get("Metadata", {}).items()},
+        )
+
+    async def _call(
+        self, op: str, key: str, fn: Callable[[], T], *, changes: str | None = None
+    ) -> T:
+        """Run one blocking SDK call in a worker thread; classify what it raises.
+
+        ``changes``: the full key the call modifies; the call then waits for every earlier
+        change of that key to have really finished (see the module docstring).
+        """
+        if changes is None:
+            return await self._in_thread(op, key, fn)
+        while (previous := self._changing.get(changes)) is not None:
+            await previous.wait()
+        change = _Change(self._changing, changes)
+        try:
+            return await self._in_thread(op, key, change.wrap(fn))
+        finally:
+            change.release_if_never_started()
+
+    async def _in_thread(self, op: str, key: str, fn: Callable[[], T]) -> T:
+        try:
+            return await trio.to_thread.run_sync(fn, abandon_on_cancel=True, limiter=self._limiter)
+        except BackendError:
+            raise
+        except Exception as exc:
+            if _is_boto_error(exc):
+                raise classify(exc, op=op, key=key, where=self.endpoint) from exc
+            raise
+
+
+class _Change:
+    """One in-flight change of a key; its event is set when its thread has truly ended.
+
+    A cancelled caller may leave the thread running (abandoned) or may never have started it
+    (cancelled while waiting for the limiter). The lock decides which, so the key is released
+    exactly once: by the thread when it ran, by the caller when it never will.
+    """
+
+    def __init__(self, registry: dict[str, trio.Event], key: str) -> None:
+        self._registry = registry
+        self._key = key
+        self._done = trio.Event()
+        registry[key] = self._done
+        self._token = trio.lowlevel.current_trio_token()
+        self._lock = threading.Lock()
+        self._state = "pending"  # -> "running" (thread owns release) | "skipped"
+
+    def wrap(self, fn: Callable[[], T]) -> Callable[[], T]:
+        def run() -> T:
+            with self._lock:
+                if self._state == "skipped":
+                    raise RuntimeError("change skipped: its caller was cancelled")
+                self._state = "running"
+            try:
+                return fn()
+            finally:
+                with contextlib.suppress(trio.RunFinishedError):
+                    self._token.run_sync_soon(self._release)
+
+        return run
+
+    def release_if_never_started(self) -> None:
+        with self._lock:
+            if self._state != "pending":
+                return
+            self._state = "skipped"
+        self._release()
+
+    def _release(self) -> None:
+        if self._registry.get(self._key) is self._done:
+            del self._registry[self._key]
+        self._done.set()
