@@ -460,7 +460,9 @@ class ResilientBackend:
             return False
         if state == pybreaker.STATE_OPEN:
             waited = self._storage.seconds_open()
-            if waited < self.policy.breaker_reset:
+            # The slack absorbs float rounding (t0 + 10 - t0 can be 9.999999999999998), which
+            # would otherwise turn "probe after 10 s" into "after 10 s and one more tick".
+            if waited + 1e-6 < self.policy.breaker_reset:
                 self.stats.rejected_one()
                 raise BreakerOpen(
                     f"{self.name} {op} {key!r}: breaker open, next probe in "
