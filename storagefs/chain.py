@@ -1,0 +1,553 @@
+"""FallbackChain: one Backend over [primary, secondary, ...], the journal and the local cache.
+
+Reads: the journal overlay first (a pending PUT is served from the journal, a pending DELETE
+is NotFound), then the remotes in order; a remote that is not answering (BackendUnavailable,
+TransientError) is skipped; the first remote that answers is authoritative, NotFound included,
+so a deleted file never comes back from a lagging secondary. When no remote answers, the clean
+cached copy is served and counted as a stale read.
+
+Writes: journaled (fsync'd) first, then applied to every remote by the replayer, which is the
+only applier. In ``write_mode="through"`` a write waits up to ``write_deadline`` for the
+primary to apply it; if the primary is not answering it succeeds on the journal alone and the
+chain reports degraded; a permanent refusal by the primary is raised. In ``"back"`` mode a
+write returns once journaled. The cache gets a copy of every write (best effort).
+"""
+
+from __future__ import annotations
+
+import builtins
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import trio
+
+from storagefs import chain_listing as listing
+from storagefs.backends.base import (
+    Backend,
+    BackendError,
+    BackendUnavailable,
+    ListPage,
+    NotFound,
+    ObjectInfo,
+    TransientError,
+)
+from storagefs.cache import Cache
+from storagefs.config import Settings
+from storagefs.journal import ContentGone, Entry, Journal, Op
+from storagefs.replay import Outcome, Replayer
+
+T = TypeVar("T")
+
+log = logging.getLogger("storagefs.chain")
+
+_NOT_ANSWERING = (BackendUnavailable, TransientError)
+CACHE = "cache"  # the name the local copies go by in listing tokens
+
+
+class _AllDown(Exception):
+    def __init__(self, last: BaseException | None) -> None:
+        super().__init__("no remote answered")
+        self.last = last
+
+
+class RemoteHealth:
+    """What the chain last saw of one remote (from its own calls and the replayer's)."""
+
+    __slots__ = ("failures", "last_error", "reachable", "since")
+
+    def __init__(self) -> None:
+        self.reachable: bool | None = None  # None: not asked yet
+        self.last_error: str | None = None
+        self.since: float | None = None  # wall clock of the last change of `reachable`
+        self.failures = 0
+
+    def saw(self, error: BaseException | None) -> None:
+        ok = error is None
+        if self.reachable is not ok:
+            self.since = time.time()
+        self.reachable = ok
+        if error is not None:
+            self.failures += 1
+            self.last_error = f"{type(error).__name__}: {error}"[:300]
+
+
+class FallbackChain:
+    name = "chain"
+
+    def __init__(
+        self,
+        remotes: Sequence[Backend],
+        journal: Journal,
+        cache: Cache,
+        settings: Settings,
+    ) -> None:
+        if not remotes:
+            raise ValueError("the chain needs at least one remote backend")
+        names = [r.name for r in remotes]
+        if len(set(names)) != len(names):
+            raise ValueError(f"remote backend names must be unique, got {names}")
+        if set(journal.targets) != set(names):
+            raise ValueError(f"journal targets {journal.targets} differ from remotes {names}")
+        self.remotes = list(remotes)
+        self.primary = self.remotes[0]
+        self.journal = journal
+        self.cache = cache
+        self.settings = settings
+        self.health_of = {name: RemoteHealth() for name in names}
+        self.replayer = Replayer(
+            journal,
+            self.remotes,
+            workers=settings.replay_workers,
+            bytes_per_second=settings.replay_bytes_per_second,
+            initial_backoff=settings.retry_initial_backoff,
+            max_backoff=settings.breaker_reset,
+            on_result=self._replayed,
+        )
+        self.stale_reads = 0
+        self.journal_only_writes = 0  # through-mode writes acknowledged without the primary
+
+    @classmethod
+    def from_settings(
+        cls, remotes: Sequence[Backend], settings: Settings, directory: Path | None = None
+    ) -> FallbackChain:
+        """A chain with its journal in ``directory/journal`` and cache in ``directory/cache``
+        (``directory`` defaults to ``settings.cache_dir``)."""
+        base = directory if directory is not None else settings.cache_dir
+        journal = Journal(base / "journal", [r.name for r in remotes], settings.journal_max_bytes)
+        return cls(remotes, journal, Cache(base / "cache", settings.cache_max_bytes), settings)
+
+    # --- lifecycle -----
+
+    def describe(self) -> str:
+        return "chain(" + ", ".join(r.describe() for r in self.remotes) + ")"
+
+    async def open(self) -> None:
+        """Recover the journal, open the cache, then each remote. A remote that does not
+        answer is logged and marked down, not fatal; configuration errors are raised."""
+        await self.journal.open()
+        await self.cache.open()
+        for remote in self.remotes:
+            try:
+                await remote.open()
+            except _NOT_ANSWERING as exc:
+                log.warning(
+                    "%s (%s) is not answering at start: %s; continuing without it",
+                    remote.name, remote.describe(), exc,
+                )  # fmt: skip
+                self.health_of[remote.name].saw(exc)
+                self.replayer.mark_down(remote.name, exc)
+            else:
+                self.health_of[remote.name].saw(None)
+
+    async def close(self) -> None:
+        for remote in self.remotes:
+            try:
+                await remote.close()
+            except Exception as exc:
+                log.warning("closing %s: %s", remote.name, exc)
+        await self.cache.close()
+        await self.journal.close()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The background work (the replayer; the cache evicts on insert) until :meth:`stop`."""
+        await self.replayer.run(task_status=task_status)
+
+    def stop(self) -> None:
+        self.replayer.stop()
+
+    async def flush(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109
+        """Wait until every remote has every journaled entry; False if ``timeout`` ran out."""
+        self.replayer.kick()
+        with trio.move_on_after(float("inf") if timeout is None else timeout):
+            while not self.journal.drained():
+                await self.journal.wait_changed()
+        return self.journal.drained()
+
+    async def health(self) -> None:
+        last: BaseException | None = None
+        for remote in self.remotes:
+            try:
+                await remote.health()
+            except _NOT_ANSWERING as exc:
+                self._saw(remote.name, exc)
+                last = exc
+            else:
+                self._saw(remote.name, None)
+                return
+        raise BackendUnavailable("no remote backend answers") from last
+
+    # --- reachability -----
+
+    def _saw(self, name: str, error: BaseException | None) -> None:
+        self.health_of[name].saw(error)
+        if error is None and not self.replayer.is_up(name):
+            self.replayer.kick(name)  # it answers us again: let the replayer probe it now
+
+    def _replayed(self, name: str, error: BaseException | None) -> None:
+        self.health_of[name].saw(error)
+
+    async def _first_answer(self, call: Callable[[Backend], Awaitable[T]]) -> T:
+        last: BaseException | None = None
+        for remote in self.remotes:
+            try:
+                result = await call(remote)
+            except _NOT_ANSWERING as exc:
+                self._saw(remote.name, exc)
+                last = exc
+                continue
+            except BackendError:
+                self._saw(remote.name, None)  # an answer, if a negative one: authoritative
+                raise
+            self._saw(remote.name, None)
+            return result
+        raise _AllDown(last)
+
+    def _stale(self, key: str) -> None:
+        self.stale_reads += 1
+        log.debug("no remote answers: serving the cached copy of %r", key)
+
+    @staticmethod
+    def _unavailable(key: str, down: _AllDown) -> BackendUnavailable:
+        exc = BackendUnavailable(f"no backend answered for {key!r} and no cached copy exists")
+        exc.__cause__ = down.last
+        return exc
+
+    # --- reads -----
+
+    def _source_on(self, entry: Entry, remote: Backend) -> str:
+        """Where a pending COPY's content is on ``remote``: the source until it applied the
+        copy (later changes to the source wait for the copy), the destination after."""
+        assert entry.src is not None
+        return entry.src if remote.name in self.journal.pending_targets(entry.seq) else entry.key
+
+    async def stat(self, key: str) -> ObjectInfo:
+        entry = self.journal.latest(key)
+        if entry is not None:
+            if entry.op is Op.DELETE:
+                await trio.lowlevel.checkpoint()
+                raise NotFound(key)
+            metadata = entry.metadata
+            if metadata is None:  # a COPY keeping its source's metadata
+                try:
+                    metadata = (
+                        await self._first_answer(lambda r: r.stat(self._source_on(entry, r)))
+                    ).metadata
+                except _AllDown:
+                    cached = self.cache.info(key)
+                    metadata = cached.metadata if cached is not None else {}
+            else:
+                await trio.lowlevel.checkpoint()
+            return ObjectInfo(key, entry.size, entry.created, None, dict(metadata or {}))
+        try:
+            return await self._first_answer(lambda r: r.stat(key))
+        except _AllDown as down:
+            cached = self.cache.info(key)
+            if cached is None:
+                raise self._unavailable(key, down) from None
+            self._stale(key)
+            return cached
+
+    async def read(self, key: str, offset: int, length: int) -> bytes:
+        for _ in range(3):  # a pending entry may finish while we read it: then ask again
+            entry = self.journal.latest(key)
+            try:
+                if entry is None:
+                    return await self._remote_read(key, key, offset, length)
+                if entry.op is Op.DELETE:
+                    raise NotFound(key)
+                if entry.op is Op.PUT:
+                    return await self.journal.read_content(entry, offset, length)
+                return await self._remote_read(key, entry, offset, length)
+            except ContentGone:
+                continue
+        return await self._remote_read(key, key, offset, length)
+
+    async def _remote_read(self, key: str, where: str | Entry, offset: int, length: int) -> bytes:
+        def call(r: Backend) -> Awaitable[bytes]:
+            source = where if isinstance(where, str) else self._source_on(where, r)
+            return r.read(source, offset, length)
+
+        try:
+            return await self._first_answer(call)
+        except _AllDown as down:
+            data = await self.cache.read(key, offset, length)
+            if data is None:
+                raise self._unavailable(key, down) from None
+            self._stale(key)
+            return data
+
+    async def download(self, key: str, dest: str) -> ObjectInfo:
+        for _ in range(3):
+            entry = self.journal.latest(key)
+            try:
+                if entry is not None and entry.op is Op.DELETE:
+                    raise NotFound(key)
+                if entry is not None and entry.op is Op.PUT:
+                    await self.journal.copy_content(entry, dest)
+                    assert entry.metadata is not None
+                    return ObjectInfo(key, entry.size, entry.created, None, dict(entry.metadata))
+                return await self._remote_download(key, entry, dest)
+            except ContentGone:
+                continue
+        return await self._remote_download(key, None, dest)
+
+    async def _remote_download(self, key: str, entry: Entry | None, dest: str) -> ObjectInfo:
+        def call(r: Backend) -> Awaitable[ObjectInfo]:
+            return r.download(key if entry is None else self._source_on(entry, r), dest)
+
+        try:
+            info = await self._first_answer(call)
+        except _AllDown as down:
+            cached = await self.cache.download(key, dest)
+            if cached is None:
+                raise self._unavailable(key, down) from None
+            self._stale(key)
+            return cached
+        if entry is not None:  # the content of a pending copy, under its new name
+            meta = entry.metadata if entry.metadata is not None else info.metadata
+            info = ObjectInfo(key, info.size, info.mtime, info.etag, meta)
+        else:
+            await self._cache_best_effort(self.cache.store_copy(key, dest, info))
+        return info
+
+    async def list(
+        self,
+        prefix: str,
+        *,
+        delimiter: str | None = "/",
+        token: str | None = None,
+        limit: int = 1000,
+    ) -> ListPage:
+        """One page of the merged view. Names are in byte order within each page, the overlay's
+        pending names merged in; a token stays valid across a failover (see chain_listing)."""
+        state = listing.decode_token(token) if token is not None else None
+        names = [r.name for r in self.remotes]
+        order = list(self.remotes)
+        if state is not None and state.backend in names:
+            start = names.index(state.backend)
+            order = [order[start], *order[:start], *order[start + 1 :]]
+        low = state.last if state is not None else None
+        last_error: BaseException | None = None
+        for remote in order if state is None or state.backend != CACHE else []:
+            inner = state.inner if state is not None and state.backend == remote.name else None
+            try:
+                page = await self._list_from(remote, prefix, delimiter, inner, low, limit)
+            except _NOT_ANSWERING as exc:
+                self._saw(remote.name, exc)
+                last_error = exc
+                continue
+            except BackendError:
+                self._saw(remote.name, None)
+                raise
+            self._saw(remote.name, None)
+            return await self._finish_page(remote, page, prefix, delimiter, low)
+        if not self.cache.enabled:
+            raise self._unavailable(prefix, _AllDown(last_error))
+        self._stale(prefix)
+        page = listing.after(self.cache.listing(prefix, delimiter), low)
+        return await self._finish_page(None, page, prefix, delimiter, low)
+
+    async def _list_from(
+        self,
+        remote: Backend,
+        prefix: str,
+        delimiter: str | None,
+        inner: str | None,
+        low: str | None,
+        limit: int,
+    ) -> ListPage:
+        if inner is not None or low is None:
+            return await remote.list(prefix, delimiter=delimiter, token=inner, limit=limit)
+        # Continuing another backend's listing: start over here, skipping what was returned.
+        token: str | None = None
+        while True:
+            page = listing.after(
+                await remote.list(prefix, delimiter=delimiter, token=token, limit=limit), low
+            )
+            if page.objects or page.prefixes or page.token is None:
+                return page
+            token = page.token
+
+    async def _finish_page(
+        self,
+        remote: Backend | None,
+        page: ListPage,
+        prefix: str,
+        delimiter: str | None,
+        low: str | None,
+    ) -> ListPage:
+        high = listing.last_name(page) if page.token is not None else None
+        if page.token is not None and high is None:
+            high = low or ""
+        pending = self.journal.latest_under(prefix)
+        merged, suspects = listing.merge(page, pending, prefix, delimiter, low, high)
+        if suspects and remote is not None:
+            merged = listing.without(merged, await self._emptied(remote, suspects, pending))
+        token = None
+        if page.token is not None:
+            backend = remote.name if remote is not None else CACHE
+            token = listing.encode_token(listing.ChainToken(backend, page.token, high))
+        return ListPage(merged.objects, merged.prefixes, token)
+
+    async def _emptied(
+        self, remote: Backend, prefixes: Sequence[str], pending: Mapping[str, Entry]
+    ) -> builtins.list[str]:
+        """Those ``prefixes`` under which every key on ``remote`` is deleted by the journal."""
+        gone: builtins.list[str] = []
+        for prefix in prefixes:
+            token: str | None = None
+            try:
+                while True:
+                    page = await remote.list(prefix, delimiter=None, token=token, limit=1000)
+                    if listing.survivors((o.key for o in page.objects), pending):
+                        break
+                    if page.token is None:
+                        gone.append(prefix)
+                        break
+                    token = page.token
+            except _NOT_ANSWERING as exc:
+                self._saw(remote.name, exc)  # keep the prefix: we cannot tell
+        return gone
+
+    # --- writes -----
+
+    async def write(self, key: str, source: str, metadata: Mapping[str, str]) -> ObjectInfo:
+        entry = await self.journal.append_put(key, source, metadata)
+        await self._cache_entry(entry)
+        info = await self._settle(entry)
+        assert info is not None
+        return info
+
+    async def write_bytes(self, key: str, data: bytes, metadata: Mapping[str, str]) -> ObjectInfo:
+        entry = await self.journal.append_put_bytes(key, data, metadata)
+        await self._cache_best_effort(self.cache.store_bytes(key, data, self._journal_info(entry)))
+        info = await self._settle(entry)
+        assert info is not None
+        return info
+
+    async def delete(self, key: str) -> None:
+        entry = await self.journal.append_delete(key)
+        await self._cache_best_effort(self.cache.discard(key))
+        await self._settle(entry)
+
+    async def copy(
+        self, src: str, dst: str, metadata: Mapping[str, str] | None = None
+    ) -> ObjectInfo:
+        source = await self.stat(src)  # NotFound for a missing source, as a store would say
+        meta = dict(metadata) if metadata is not None else dict(source.metadata or {})
+        entry = await self.journal.append_copy(src, dst, meta, size=source.size)
+        if entry.op is Op.PUT:
+            await self._cache_entry(entry)
+        else:
+            await self._cache_best_effort(self.cache.copy(src, dst, meta))
+        info = await self._settle(entry)
+        assert info is not None
+        return info
+
+    def _journal_info(self, entry: Entry) -> ObjectInfo:
+        meta = dict(entry.metadata) if entry.metadata is not None else {}
+        return ObjectInfo(entry.key, entry.size, entry.created, None, meta)
+
+    async def _settle(self, entry: Entry) -> ObjectInfo | None:
+        """Wait for the primary as the write mode says; what the caller gets back."""
+        fallback = None if entry.op is Op.DELETE else self._journal_info(entry)
+        if self.settings.write_mode == "back":
+            await trio.lowlevel.checkpoint()
+            return fallback
+        result = await self.replayer.wait(
+            entry.seq, self.primary.name, self.settings.write_deadline
+        )
+        if result.outcome is Outcome.APPLIED:
+            return result.info if result.info is not None else fallback
+        if result.outcome is Outcome.FAILED:
+            await self._abandon(entry, result.error)
+            if isinstance(result.error, BackendError):
+                raise result.error
+            raise BackendError(f"{entry.op.value} {entry.key!r} failed: {result.error}")
+        self.journal_only_writes += 1
+        log.info(
+            "%s %r acknowledged on the journal alone: primary %s %s",
+            entry.op.value, entry.key, self.primary.name,
+            "is not answering" if result.outcome is Outcome.UNAVAILABLE else "is too slow",
+        )  # fmt: skip
+        return fallback
+
+    async def _abandon(self, entry: Entry, error: BaseException | None) -> None:
+        # The caller is told the write failed: the other remotes must not get it either
+        # (those that applied it already keep it; the primary stays authoritative for reads).
+        for target in self.journal.pending_targets(entry.seq):
+            await self.journal.quarantine(
+                entry.seq, target, f"abandoned: the primary refused it ({error})"
+            )
+        await self._cache_best_effort(self.cache.discard(entry.key))
+
+    async def _cache_entry(self, entry: Entry) -> None:
+        info = self._journal_info(entry)
+        path = self.journal.content_path(entry)
+        if path is not None:
+            await self._cache_best_effort(self.cache.store_file(entry.key, path, info))
+            return
+        try:
+            data = await self.journal.read_content(entry, 0, entry.size)
+        except ContentGone:
+            return
+        await self._cache_best_effort(self.cache.store_bytes(entry.key, data, info))
+
+    async def _cache_best_effort(self, work: Awaitable[None]) -> None:
+        try:
+            await work
+        except OSError as exc:  # the cache is an optimisation: never fail an operation on it
+            log.warning("local cache: %s", exc)
+
+    # --- health -----
+
+    def status(self) -> dict[str, Any]:
+        """A snapshot for the health files (plain JSON types)."""
+        journal = self.journal.stats()
+        replay = self.replayer.stats()
+        remotes = []
+        reasons: builtins.list[str] = []
+        for index, remote in enumerate(self.remotes):
+            health = self.health_of[remote.name]
+            queue = journal["targets"].get(remote.name, {})
+            role = "primary" if index == 0 else "secondary" if index == 1 else f"remote{index}"
+            remotes.append(
+                {
+                    "name": remote.name,
+                    "role": role,
+                    "backend": remote.describe(),
+                    "reachable": health.reachable,
+                    "since": health.since,
+                    "failures": health.failures,
+                    "last_error": health.last_error,
+                    "replay": replay[remote.name],
+                    "pending_ops": queue.get("pending_ops", 0),
+                    "pending_bytes": queue.get("pending_bytes", 0),
+                    "oldest_pending_age": queue.get("oldest_age"),
+                }
+            )
+            if health.reachable is False or not replay[remote.name]["up"]:
+                reasons.append(f"{role} {remote.name} is not answering: {health.last_error}")
+        if journal["quarantined"]:
+            reasons.append(
+                f"{journal['quarantined']} journal entries quarantined in"
+                f" {self.journal.quarantine_dir}"
+            )
+        if journal["pending_bytes"] > 0.9 * journal["max_bytes"]:
+            reasons.append("journal over 90% full: writes will soon fail with ENOSPC")
+        if self.stale_reads and any(r["reachable"] is False for r in remotes):
+            reasons.append(f"{self.stale_reads} reads served from the local cache (may be stale)")
+        return {
+            "name": self.name,
+            "write_mode": self.settings.write_mode,
+            "degraded": bool(reasons),
+            "degraded_reasons": reasons,
+            "remotes": remotes,
+            "journal": journal,
+            "cache": self.cache.stats(),
+            "stale_reads": self.stale_reads,
+            "journal_only_writes": self.journal_only_writes,
+        }

@@ -1,0 +1,369 @@
+"""The replayer: the one task that applies journal entries to the remotes.
+
+Every mutation reaches the remotes through here — including the write-through path, which only
+waits (:meth:`Replayer.wait`) for the replayer to report that the primary applied its entry — so
+there is exactly one applier and the journal's order is never raced.
+
+Scheduling, per target: entries go in seq order per key (an entry starts only when no earlier
+pending entry on that target touches any of its keys); entries on different keys run in
+parallel, up to ``workers`` per target, so a slow secondary never holds up the primary. Targets
+are dispatched primary first. A target that is not answering (BackendUnavailable,
+TransientError, or a store-level NotFound/ConfigurationError) is *down*: one entry at a time
+probes it after an exponential backoff capped at ``max_backoff`` (set it to the breaker's reset
+time, so the breaker's half-open probe is what decides the target is back). A permanent refusal
+(PermissionDenied, InvalidRequest, Conflict, a COPY whose source is gone) or content that fails
+its checksum quarantines the entry for that target: recorded, logged, counted, never retried.
+
+The replay bandwidth cap is shared by all targets (it protects the local uplink) and paces the
+*starts* of uploads: on average no more than ``bytes_per_second``.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import enum
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import trio
+
+from storagefs.backends.base import (
+    Backend,
+    BackendError,
+    BackendUnavailable,
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    ObjectInfo,
+    PermissionDenied,
+    TransientError,
+)
+from storagefs.journal import ContentCorrupt, Entry, Journal, Op
+
+log = logging.getLogger("storagefs.replay")
+
+_PERMANENT = (PermissionDenied, InvalidRequest, Conflict)
+_RECENT_RESULTS = 4096  # outcomes kept for waiters that arrive after the fact
+
+
+class Outcome(enum.Enum):
+    APPLIED = "applied"
+    UNAVAILABLE = "unavailable"  # the target is not answering; the entry stays pending
+    FAILED = "failed"  # permanently refused; the entry is quarantined for that target
+    TIMEOUT = "timeout"  # still pending when the waiter gave up
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Result:
+    outcome: Outcome
+    info: ObjectInfo | None = None  # what the target answered (PUT and COPY)
+    error: BaseException | None = None
+
+
+@dataclasses.dataclass(slots=True)
+class TargetState:
+    up: bool = True
+    backoff: float = 0.0
+    retry_at: float = 0.0
+    in_flight: set[int] = dataclasses.field(default_factory=set)
+    last_error: str | None = None
+    applied: int = 0
+    failures: int = 0  # attempts that found the target not answering
+    quarantined: int = 0
+
+
+class RateLimiter:
+    """Paces byte transfers to ``bytes_per_second`` on average (0: no limit), by trio's clock."""
+
+    def __init__(self, bytes_per_second: int) -> None:
+        self.bytes_per_second = bytes_per_second
+        self._next = -float("inf")
+
+    async def take(self, size: int) -> None:
+        if self.bytes_per_second <= 0 or size <= 0:
+            await trio.lowlevel.checkpoint()
+            return
+        start = max(trio.current_time(), self._next)
+        self._next = start + size / self.bytes_per_second
+        await trio.sleep_until(start)
+
+
+class _Waiter:
+    __slots__ = ("event", "result")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.result: Result | None = None
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"[:300]
+
+
+class Replayer:
+    def __init__(
+        self,
+        journal: Journal,
+        remotes: Sequence[Backend],
+        *,
+        workers: int = 4,
+        bytes_per_second: int = 0,
+        initial_backoff: float = 0.1,
+        max_backoff: float = 10.0,
+        on_result: Callable[[str, BaseException | None], None] | None = None,
+    ) -> None:
+        self.journal = journal
+        self.remotes = {r.name: r for r in remotes}
+        self.order = [r.name for r in remotes]  # dispatch order: primary first
+        self.workers = workers
+        self.limiter = RateLimiter(bytes_per_second)
+        self.initial_backoff = initial_backoff
+        self.max_backoff = max(max_backoff, initial_backoff)
+        self.on_result = on_result
+        self.state = {name: TargetState() for name in self.order}
+        self.running = False
+        self._stopping = False
+        self._scope: trio.CancelScope | None = None
+        self._wake = trio.Event()
+        self._waiters: dict[tuple[int, str], list[_Waiter]] = {}
+        self._recent: collections.OrderedDict[tuple[int, str], Result] = collections.OrderedDict()
+
+    # --- lifecycle -----
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Drain the journal until :meth:`stop`. Entries interrupted by stop stay pending."""
+        self.journal.listeners.append(self._on_append)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._scope = nursery.cancel_scope
+                if self._stopping:
+                    nursery.cancel_scope.cancel()
+                self.running = True
+                task_status.started()
+                while True:
+                    self._wake = trio.Event()
+                    self._dispatch(nursery)
+                    if self.journal.take_barrier_request():
+                        nursery.start_soon(self.journal.barrier)
+                    with trio.move_on_at(self._next_retry()):
+                        await self._wake.wait()
+        finally:
+            self.running = False
+            self._scope = None
+            self.journal.listeners.remove(self._on_append)
+            for key in list(self._waiters):
+                self._resolve(key, Result(Outcome.UNAVAILABLE))
+
+    def stop(self) -> None:
+        self._stopping = True
+        if self._scope is not None:
+            self._scope.cancel()
+
+    def kick(self, target: str | None = None) -> None:
+        """Probe down targets (or ``target``) now instead of after their backoff."""
+        for name in [target] if target is not None else self.order:
+            state = self.state.get(name)
+            if state is not None and not state.up:
+                state.retry_at = 0.0
+        self._wake.set()
+
+    def mark_down(self, target: str, error: BaseException) -> None:
+        """Tell the replayer a target is not answering (e.g. it failed to open)."""
+        state = self.state[target]
+        if state.up:
+            state.up = False
+            state.backoff = self.initial_backoff
+            state.retry_at = trio.current_time() + state.backoff
+        state.last_error = _short(error)
+        self._fail_waiters(target)
+
+    def is_up(self, target: str) -> bool:
+        return self.state[target].up
+
+    # --- waiting for an outcome ------------------------------------------------------------------
+
+    async def wait(self, seq: int, target: str, within: float) -> Result:
+        """How applying entry ``seq`` to ``target`` went, waiting up to ``within`` seconds.
+
+        Returns UNAVAILABLE at once when the target is known to be down or the replayer is
+        not running, since no answer would come in time.
+        """
+        key = (seq, target)
+        if target not in self.journal.pending_targets(seq):
+            await trio.lowlevel.checkpoint()
+            return self._recent.get(key, Result(Outcome.APPLIED))
+        if not self.running or not self.state[target].up:
+            await trio.lowlevel.checkpoint()
+            return Result(Outcome.UNAVAILABLE)
+        waiter = _Waiter()
+        self._waiters.setdefault(key, []).append(waiter)
+        try:
+            with trio.move_on_after(within):
+                await waiter.event.wait()
+        finally:
+            waiters = self._waiters.get(key)
+            if waiters is not None and waiter in waiters:
+                waiters.remove(waiter)
+                if not waiters:
+                    del self._waiters[key]
+        return waiter.result or Result(Outcome.TIMEOUT)
+
+    def _resolve(self, key: tuple[int, str], result: Result) -> None:
+        if result.outcome is not Outcome.UNAVAILABLE:
+            self._recent[key] = result
+            while len(self._recent) > _RECENT_RESULTS:
+                self._recent.popitem(last=False)
+        for waiter in self._waiters.pop(key, ()):
+            waiter.result = result
+            waiter.event.set()
+
+    def _fail_waiters(self, target: str) -> None:
+        # Entries queued behind the failed one will not be tried before the backoff either.
+        for key in [k for k in self._waiters if k[1] == target]:
+            self._resolve(key, Result(Outcome.UNAVAILABLE))
+
+    # --- scheduling -----
+
+    def _on_append(self, entry: Entry) -> None:
+        self._wake.set()
+
+    def _next_retry(self) -> float:
+        times = [s.retry_at for s in self.state.values() if not s.up and not s.in_flight]
+        return min(times, default=float("inf"))
+
+    def _dispatch(self, nursery: trio.Nursery) -> None:
+        now = trio.current_time()
+        for target in self.order:
+            state = self.state[target]
+            if not state.up and now < state.retry_at:
+                continue
+            free = (self.workers if state.up else 1) - len(state.in_flight)
+            if free <= 0:
+                continue
+            blocked: set[str] = set()
+            for entry in self.journal.pending(target):
+                keys = entry.keys()
+                ready = entry.seq not in state.in_flight and blocked.isdisjoint(keys)
+                blocked.update(keys)
+                if ready:
+                    state.in_flight.add(entry.seq)
+                    nursery.start_soon(self._apply, target, entry, state.up)
+                    free -= 1
+                    if free == 0:
+                        break
+
+    # --- applying one entry ----------------------------------------------------------------------
+
+    async def _apply(self, target: str, entry: Entry, started_up: bool) -> None:
+        state = self.state[target]
+        try:
+            await self._apply_once(target, entry, state, started_up)
+        finally:
+            state.in_flight.discard(entry.seq)
+            self._wake.set()
+
+    async def _apply_once(
+        self, target: str, entry: Entry, state: TargetState, started_up: bool
+    ) -> None:
+        backend = self.remotes[target]
+        try:
+            if entry.op is Op.PUT:
+                await self.limiter.take(entry.size)
+            info = await self._perform(backend, entry)
+        except ContentCorrupt as exc:
+            await self._give_up(target, entry, state, str(exc), exc)
+        except _PERMANENT as exc:
+            await self._give_up(target, entry, state, _short(exc), exc)
+        except NotFound as exc:
+            if entry.op is Op.COPY:
+                await self._give_up(
+                    target, entry, state, f"copy source {entry.src!r} is gone: {exc}", exc
+                )
+            else:  # the bucket/container itself is missing: keep the entry, retry later
+                await self._not_answering(target, entry, state, started_up, exc)
+        except (BackendUnavailable, TransientError, BackendError) as exc:
+            await self._not_answering(target, entry, state, started_up, exc)
+        except Exception as exc:
+            log.exception("replaying entry %d to %s failed unexpectedly", entry.seq, target)
+            await self._not_answering(target, entry, state, started_up, exc)
+        else:
+            await self.journal.mark_applied(entry.seq, target)
+            state.applied += 1
+            if not state.up:
+                log.warning("%s answers again; replaying its pending journal entries", target)
+            state.up = True
+            state.backoff = 0.0
+            state.last_error = None
+            self._resolve((entry.seq, target), Result(Outcome.APPLIED, info=info))
+            if self.on_result is not None:
+                self.on_result(target, None)
+
+    async def _perform(self, backend: Backend, entry: Entry) -> ObjectInfo | None:
+        if entry.op is Op.PUT:
+            assert entry.metadata is not None
+            if entry.inline:
+                data = await self.journal.verified_bytes(entry)
+                return await backend.write_bytes(entry.key, data, entry.metadata)
+            path = await self.journal.verify_file(entry)
+            return await backend.write(entry.key, str(path), entry.metadata)
+        if entry.op is Op.DELETE:
+            try:
+                await backend.delete(entry.key)
+            except NotFound:
+                pass  # already gone is what we wanted
+            return None
+        assert entry.src is not None
+        return await backend.copy(entry.src, entry.key, entry.metadata)
+
+    async def _give_up(
+        self, target: str, entry: Entry, state: TargetState, reason: str, exc: BaseException
+    ) -> None:
+        state.quarantined += 1
+        await self.journal.quarantine(entry.seq, target, reason)
+        self._resolve((entry.seq, target), Result(Outcome.FAILED, error=exc))
+        if self.on_result is not None and isinstance(exc, BackendError):
+            # The store answered (with a refusal): it is reachable.
+            self.on_result(target, None)
+
+    async def _not_answering(
+        self, target: str, entry: Entry, state: TargetState, started_up: bool, exc: BaseException
+    ) -> None:
+        state.failures += 1
+        state.last_error = _short(exc)
+        now = trio.current_time()
+        if state.up:
+            log.warning(
+                "%s is not answering (%s): writes stay in the journal, retrying in %.1fs",
+                target, state.last_error, self.initial_backoff,
+            )  # fmt: skip
+            state.up = False
+            state.backoff = self.initial_backoff
+            state.retry_at = now + state.backoff
+        elif not started_up:  # a failed probe: wait longer before the next one
+            state.backoff = min(self.max_backoff, max(state.backoff, self.initial_backoff) * 2)
+            state.retry_at = now + state.backoff
+        self._resolve((entry.seq, target), Result(Outcome.UNAVAILABLE, error=exc))
+        self._fail_waiters(target)
+        if self.on_result is not None:
+            self.on_result(target, exc)
+        await self.journal.record_failure(entry.seq, target, state.last_error)
+
+    # --- reporting -----
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        now = trio.current_time()
+        return {
+            name: {
+                "up": s.up,
+                "in_flight": len(s.in_flight),
+                "applied": s.applied,
+                "failures": s.failures,
+                "quarantined": s.quarantined,
+                "last_error": s.last_error,
+                "retry_in": None if s.up else round(max(0.0, s.retry_at - now), 3),
+            }
+            for name, s in self.state.items()
+        }
