@@ -357,6 +357,7 @@ class AzureBackend:
 
     async def read(self, key: str, offset: int, length: int) -> bytes:
         if length <= 0:
+            await self.stat(key)  # nothing to read, but a missing key is still NotFound
             return b""
 
         def ranged() -> bytes:

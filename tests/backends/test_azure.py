@@ -561,6 +561,16 @@ def test_classify_without_a_response() -> None:
     assert isinstance(denied, PermissionDenied)
 
 
+def test_classify_scrubs_urls_and_key_pairs_from_sdk_text() -> None:
+    # Older SDK/requests versions quote the request URL (with the SAS) in connection errors.
+    raw = ServiceRequestError(
+        f"Max retries exceeded with url: /box/k?{SECRET_SAS} (AccountKey={SECRET_KEY};x)\nmore"
+    )
+    message = str(classify(raw, op="stat", key="k", where="azure://box at http://h"))
+    assert SECRET_SIG not in message and SECRET_KEY not in message
+    assert "Max retries exceeded" in message and "more" not in message
+
+
 # --- secrets -------------------------------------------------------------------------------
 
 
