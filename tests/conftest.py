@@ -43,7 +43,7 @@ def _isolated_environment() -> Iterator[None]:
     # own setup (AWS profiles and config files, real keys, STORAGEFS_* variables left over
     # from `eval "$(scripts/emulators env)"`) may leak into a test.
     with pytest.MonkeyPatch.context() as mp:
-        for var in os.environ:
+        for var in list(os.environ):
             if var.startswith(("STORAGEFS_", "AZURE_STORAGE_")):
                 mp.delenv(var)
         for var in (

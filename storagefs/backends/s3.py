@@ -23,10 +23,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import boto3
 import boto3.exceptions
 import botocore.exceptions
+import s3transfer.exceptions
 import trio
 import urllib3.exceptions
-from boto3.s3.transfer import TransferConfig
+from boto3.s3.transfer import TransferConfig, create_transfer_manager
 from botocore.config import Config
+from s3transfer.subscribers import BaseSubscriber
 
 from storagefs.backends.base import (
     BackendError,
@@ -47,7 +49,8 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 MAX_SINGLE_COPY = 5 * 1024**3  # S3 refuses CopyObject above 5 GiB
-OPEN_TIMEOUT = 8.0  # open() answers within this even when the endpoint never responds
+OPEN_TIMEOUT = 8.0
+_CHUNK = 1024 * 1024  # open() answers within this even when the endpoint never responds
 
 _NOT_FOUND_CODES = {"NoSuchKey", "NotFound", "404", "NoSuchUpload"}
 _DENIED_CODES = {
@@ -80,6 +83,13 @@ _NETWORK_ERRORS: tuple[type[BaseException], ...] = (
     botocore.exceptions.ChecksumError,
     urllib3.exceptions.HTTPError,
     boto3.exceptions.RetriesExceededError,  # s3transfer's download retry (set to 1 attempt)
+    s3transfer.exceptions.RetriesExceededError,
+)
+# What boto3's transfer manager wraps an SDK error in (the original is the __context__).
+_WRAPPERS: tuple[type[BaseException], ...] = (
+    boto3.exceptions.S3UploadFailedError,
+    s3transfer.exceptions.S3UploadFailedError,
+    s3transfer.exceptions.S3DownloadFailedError,
 )
 
 
@@ -129,10 +139,10 @@ def classify(exc: BaseException, *, op: str = "", key: str = "", where: str = ""
 
 
 def _root_cause(exc: BaseException) -> BaseException:
-    # boto3's transfer manager re-raises a ClientError as S3UploadFailedError (inside the
-    # except block, so the original is the context): classify what S3 actually said.
+    # The transfer manager re-raises a ClientError as S3UploadFailedError and friends (inside
+    # the except block, so the original is the context): classify what S3 actually said.
     seen = 0
-    while isinstance(exc, boto3.exceptions.S3UploadFailedError) and seen < 5:
+    while isinstance(exc, _WRAPPERS) and seen < 5:
         inner = exc.__cause__ or exc.__context__
         if inner is None:
             break
@@ -140,14 +150,14 @@ def _root_cause(exc: BaseException) -> BaseException:
     return exc
 
 
-def _is_boto_error(exc: BaseException) -> bool:
-    return isinstance(
-        exc,
-        botocore.exceptions.BotoCoreError
-        | botocore.exceptions.ClientError
-        | boto3.exceptions.Boto3Error
-        | urllib3.exceptions.HTTPError,
-    )
+_SDK_ERRORS: tuple[type[BaseException], ...] = (
+    botocore.exceptions.BotoCoreError,
+    botocore.exceptions.ClientError,
+    boto3.exceptions.Boto3Error,
+    urllib3.exceptions.HTTPError,
+    s3transfer.exceptions.RetriesExceededError,
+    *_WRAPPERS,
+)
 
 
 def _etag(raw: object) -> str | None:
@@ -293,15 +303,31 @@ class S3Backend:
     async def download(self, key: str, dest: str) -> ObjectInfo:
         full = self._full(key)
         info = await self.stat(key)
-        # IfMatch: the bytes we fetch are the version we just described, or a Conflict.
-        extra = {"IfMatch": f'"{info.etag}"'} if info.etag else None
-        await self._call(
-            "download",
-            key,
-            lambda: self._client.download_file(
-                self.bucket, full, dest, ExtraArgs=extra, Config=self._transfer
-            ),
-        )
+        # Every GET carries If-Match with the ETag we just saw, so the file is exactly the
+        # version ``info`` describes, or the download fails with a Conflict.
+        etag = f'"{info.etag}"' if info.etag else None
+
+        def get_small() -> None:
+            args: dict[str, Any] = {"Bucket": self.bucket, "Key": full}
+            if etag:
+                args["IfMatch"] = etag
+            body = self._client.get_object(**args)["Body"]
+            try:
+                with open(dest, "wb") as out:
+                    for chunk in body.iter_chunks(_CHUNK):
+                        out.write(chunk)
+            finally:
+                body.close()
+
+        def get_parallel() -> None:
+            # Given the size and ETag, the transfer manager skips its own HEAD and adds
+            # If-Match to each ranged GET (its single-GET path would not: hence get_small).
+            known = _KnownObject(info.size, etag)
+            with create_transfer_manager(self._client, self._transfer) as manager:
+                manager.download(self.bucket, full, dest, subscribers=[known]).result()
+
+        small = info.size < self._multipart_threshold
+        await self._call("download", key, get_small if small else get_parallel)
         return info
 
     # --- writes --------------------------------------------------------------------------
@@ -453,9 +479,20 @@ class S3Backend:
         except BackendError:
             raise
         except Exception as exc:
-            if _is_boto_error(exc):
+            if isinstance(exc, _SDK_ERRORS):
                 raise classify(exc, op=op, key=key, where=self.endpoint) from exc
             raise
+
+
+class _KnownObject(BaseSubscriber):
+    def __init__(self, size: int, etag: str | None) -> None:
+        self._size = size
+        self._etag = etag
+
+    def on_queued(self, future: Any, **kwargs: Any) -> None:
+        future.meta.provide_transfer_size(self._size)
+        if self._etag is not None:
+            future.meta.provide_object_etag(self._etag)
 
 
 class _Change:
