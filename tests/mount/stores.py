@@ -25,7 +25,9 @@ class Store(Protocol):
 
     def get(self, key: str) -> bytes: ...
 
-    def keys(self) -> list[str]:
+    def delete(self, key: str) -> None: ...
+
+    def list_keys(self) -> list[str]:
         """Every key below the mount root, relative to it, sorted."""
         ...
 
@@ -48,7 +50,10 @@ class LocalStore:
     def get(self, key: str) -> bytes:
         return (self.root / key).read_bytes()
 
-    def keys(self) -> list[str]:
+    def delete(self, key: str) -> None:
+        (self.root / key).unlink()
+
+    def list_keys(self) -> list[str]:
         # The local backend keeps its in-flight temporary files in a hidden directory.
         return sorted(
             str(p.relative_to(self.root))
@@ -86,7 +91,10 @@ class S3Store:
         data: bytes = body.read()
         return data
 
-    def keys(self) -> list[str]:
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self.prefix + "/" + key)
+
+    def list_keys(self) -> list[str]:
         found: list[str] = []
         for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket):
             found.extend(o["Key"] for o in page.get("Contents", []))
@@ -116,7 +124,10 @@ class AzureStore:
         data: bytes = self.client.download_blob(self.prefix + "/" + key).readall()
         return data
 
-    def keys(self) -> list[str]:
+    def delete(self, key: str) -> None:
+        self.client.delete_blob(self.prefix + "/" + key)
+
+    def list_keys(self) -> list[str]:
         found = list(self.client.list_blob_names())
         outside = [k for k in found if not k.startswith(self.prefix + "/")]
         assert not outside, f"blobs outside the prefix {self.prefix!r}: {outside[:5]}"
