@@ -43,6 +43,7 @@ from storagefs.backends.base import (
     PermissionDenied,
     TransientError,
 )
+from storagefs.backends.key_order import KeyOrder
 from storagefs.config import Settings
 
 T = TypeVar("T")
@@ -208,6 +209,7 @@ class AzureBackend:
         self._prefix = _normalize_prefix(prefix)
         self._settings = settings
         self._limiter = trio.CapacityLimiter(settings.max_requests)
+        self._key_order = KeyOrder()
         self._client: AzureClient = build_client(
             settings,
             environ,
@@ -263,12 +265,24 @@ class AzureBackend:
     def _blob(self, key: str) -> BlobClient:
         return self._container.get_blob_client(self._blob_name(key))
 
-    async def _run(self, op: str, key: str, fn: Callable[[], T]) -> T:
+    async def _run(
+        self, op: str, key: str, fn: Callable[[], T], *, changes: str | None = None
+    ) -> T:
+        """``fn`` in a worker thread, its SDK errors classified.
+
+        ``changes``: the key ``fn`` modifies; it then starts only after every earlier change of
+        that key has ended, so an abandoned (timed-out) write cannot land after a newer one.
+        """
         try:
-            return await trio.to_thread.run_sync(fn, abandon_on_cancel=True, limiter=self._limiter)
+            if changes is None:
+                return await self._in_thread(fn)
+            return await self._key_order.change(self._blob_name(changes), fn, self._in_thread)
         except AzureError as exc:
             # "from None": the SDK exception's text may quote URLs with a SAS signature.
             raise classify(exc, op=op, key=key, where=self._where) from None
+
+    async def _in_thread(self, fn: Callable[[], T]) -> T:
+        return await trio.to_thread.run_sync(fn, abandon_on_cancel=True, limiter=self._limiter)
 
     def _info(self, key: str, props: BlobProperties, *, with_meta: bool) -> ObjectInfo:
         modified = props.last_modified
@@ -409,7 +423,7 @@ class AzureBackend:
                 )
             return size, response
 
-        size, response = await self._run("write", key, upload)
+        size, response = await self._run("write", key, upload, changes=key)
         return self._written(key, size, response, metadata)
 
     async def write_bytes(self, key: str, data: bytes, metadata: Mapping[str, str]) -> ObjectInfo:
@@ -421,7 +435,7 @@ class AzureBackend:
                 payload, length=len(payload), overwrite=True, metadata=stored
             )
 
-        response = await self._run("write", key, upload)
+        response = await self._run("write", key, upload, changes=key)
         return self._written(key, len(payload), response, metadata)
 
     async def delete(self, key: str) -> None:
@@ -433,7 +447,7 @@ class AzureBackend:
                     raise
                 # Already gone: deleting is idempotent.
 
-        await self._run("delete", key, remove)
+        await self._run("delete", key, remove, changes=key)
 
     async def copy(
         self, src: str, dst: str, metadata: Mapping[str, str] | None = None
@@ -442,7 +456,7 @@ class AzureBackend:
         if src == dst:
             if metadata is not None:
                 stored = encode_metadata(metadata)
-                await self._run("copy", src, lambda: target.set_blob_metadata(stored))
+                await self._run("copy", src, lambda: target.set_blob_metadata(stored), changes=dst)
             return await self.stat(dst)
 
         source_url = self._blob(src).url
@@ -455,7 +469,7 @@ class AzureBackend:
         def start() -> dict[str, Any]:
             return target.start_copy_from_url(source_url, metadata=stored_meta)
 
-        started = await self._run("copy", src, start)
+        started = await self._run("copy", src, start, changes=dst)
         if started.get("copy_status") != "success":
             await self._wait_for_copy(dst, target)
         return await self.stat(dst)

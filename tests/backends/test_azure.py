@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trio
 from azure.core.exceptions import HttpResponseError, ServiceRequestError
 from azure.storage.blob import (
     AccountSasPermissions,
@@ -470,6 +471,61 @@ async def test_silent_endpoint_fails_open_at_the_open_timeout(
     with pytest.raises(ConfigurationError, match=r"no answer in 0\.5 s"):
         await backend.open()
     assert time.monotonic() - started < 5
+
+
+class HoldingServer:
+    """Accepts connections, reads nothing, answers nothing; counts who came."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.05)  # accept() cannot be interrupted by close() otherwise
+        self.port = self.sock.getsockname()[1]
+        self.conns: list[socket.socket] = []
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            self.conns.append(conn)
+
+    def close(self) -> None:
+        self.stopping.set()
+        self.thread.join(5)
+        self.sock.close()
+        for conn in self.conns:
+            conn.close()  # the stuck requests fail now instead of at read_timeout
+
+
+async def wait_for_connections(server: HoldingServer, count: int) -> None:
+    with trio.fail_after(5):
+        while len(server.conns) < count:  # noqa: ASYNC110 - another thread appends
+            await trio.sleep(0.02)
+
+
+async def test_abandoned_write_holds_back_the_next_write_of_that_key() -> None:
+    server = HoldingServer()
+    try:
+        s = key_settings(f"http://127.0.0.1:{server.port}/{AZURITE_ACCOUNT}", request_timeout=30)
+        backend = AzureBackend("box", "", s, environ={})
+        with trio.move_on_after(0.2):
+            await backend.write_bytes("k", b"old", {})  # times out above us; thread goes on
+        await wait_for_connections(server, 1)
+        with trio.move_on_after(0.5):
+            await backend.write_bytes("k", b"new", {})
+        assert len(server.conns) == 1  # the newer write never left: the old one may land yet
+        with trio.move_on_after(0.5):
+            await backend.write_bytes("other", b"x", {})
+        await wait_for_connections(server, 2)  # other keys are not held up
+    finally:
+        server.close()
+    with trio.fail_after(10), pytest.raises(TransientError):
+        # Once the stuck request has failed, "k" can be written (here: refused) again.
+        await backend.write_bytes("k", b"new", {})
 
 
 # --- classification through the real SDK pipeline ----------------------------------------
