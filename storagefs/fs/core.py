@@ -104,7 +104,9 @@ class Filesystem:
     # --- helpers ----------------------------------------------------------------------
 
     def _now(self) -> float:
-        return trio.current_time()
+        # The OS clock, not trio's: expiry times must compare across event loops (tests run
+        # one loop per step) and MockClock jumps must not expire caches.
+        return time.monotonic()
 
     def _expiry(self) -> float:
         return self._now() + self.options.metadata_ttl

@@ -23,7 +23,7 @@ class Node:
     path: str | None  # None once detached (unlinked or replaced)
     attrs: Attrs
     etag: str | None = None
-    expires: float = 0.0  # trio clock time after which attrs are re-read from the store
+    expires: float = 0.0  # time.monotonic() after which attrs are re-read from the store
     lookups: int = 0
     handles: int = 0
 
