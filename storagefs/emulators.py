@@ -8,7 +8,11 @@ Limits worth knowing:
 
 * moto keeps everything in memory: after :meth:`EmulatorProcess.kill` + ``restart()`` the
   server is empty again (the buckets named at start are re-created, their objects are gone).
-  Azurite keeps its data under its ``--location`` directory and survives a restart.
+* Azurite keeps its data under its ``--location`` directory and survives ``stop()`` +
+  ``start()``/``restart()``. It saves its index every few seconds, though: after a SIGKILL
+  (``kill()``) blobs written in the last ~5 seconds are gone, so a test that must find every
+  acknowledged write on Azurite afterwards should use ``stop()`` (SIGTERM; connections still
+  drop mid-request) or wait that long before ``kill()``.
   :meth:`EmulatorProcess.pause` (SIGSTOP) simulates an outage that keeps state: the kernel
   still accepts connections, nothing answers.
 * The Azurite account key below is the public, documented development key every Azurite
@@ -22,6 +26,7 @@ import ctypes
 import http.client
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -58,11 +63,30 @@ class EmulatorError(RuntimeError):
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A TCP port on 127.0.0.1 nobody listens on right now.
+
+    Chosen below the kernel's ephemeral range when possible: a port from that range can be
+    taken as the source port of any outgoing connection between this call and the listen.
+    """
+    low = _ephemeral_low()
+    rng = random.SystemRandom()
+    for _ in range(50):
+        port = rng.randrange(20000, low) if low > 20100 else 0
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((HOST, port))
+            except OSError:
+                continue
+            chosen: int = s.getsockname()[1]
+            return chosen
+    raise EmulatorError("no free TCP port found on 127.0.0.1")
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def default_state_dir() -> Path:
@@ -100,7 +124,7 @@ def azurite_connection_string(port: int) -> str:
     )
 
 
-def _answers_http(port: int, timeout: float = 1.0) -> bool:
+def answers_http(port: int, timeout: float = 1.0) -> bool:
     """True once anything speaks HTTP on the port (any status counts: Azurite answers 400)."""
     conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
     try:
@@ -333,7 +357,7 @@ class EmulatorProcess:
                     f"{self.kind} exited with status {self._popen.returncode} while starting;"
                     f" last lines of {self.log_path}:\n{_log_tail(self.log_path)}"
                 )
-            if _answers_http(self.port):
+            if answers_http(self.port):
                 return
             if time.monotonic() > deadline:
                 raise EmulatorError(
