@@ -111,28 +111,35 @@ class Mount:
         """Unmount, wait for the daemon, and fail unless all of that went cleanly."""
         if self.unmounted:
             return
-        self.unmounted = True
         problems: list[str] = []
         if self.proc.poll() is not None:
             problems.append(f"the daemon died while mounted (exit {self.proc.returncode})")
-        clean = True
-        if is_mounted(self.path):
+        elif is_mounted(self.path):
             assert FUSERMOUNT is not None
             result = subprocess.run(
                 [FUSERMOUNT, "-u", str(self.path)], capture_output=True, text=True
             )
             if result.returncode != 0:
-                clean = False
                 problems.append(f"fusermount3 -u failed: {result.stderr.strip()}")
                 subprocess.run([FUSERMOUNT, "-u", "-z", str(self.path)], capture_output=True)
+        self.wait_exit(problems)
+
+    def wait_exit(self, problems: list[str] | None = None) -> None:
+        """Wait for a daemon that was told to stop (unmount, signal); fail unless it exited 0,
+        removed its mount and logged no unexpected error."""
+        self.unmounted = True
+        problems = list(problems or [])
         try:
             code = self.proc.wait(EXIT_TIMEOUT)
         except subprocess.TimeoutExpired:
             self._stop_process()
-            problems.append(f"the daemon did not exit within {EXIT_TIMEOUT:.0f} s of the unmount")
+            problems.append(f"the daemon did not exit within {EXIT_TIMEOUT:.0f} s")
         else:
-            if clean and code != 0 and not problems:
-                problems.append(f"the daemon exited with {code} after a clean unmount")
+            if code != 0 and not problems:
+                problems.append(f"the daemon exited with {code}")
+        if is_mounted(self.path):
+            problems.append(f"{self.path} is still mounted after the daemon exited")
+            self._stop_process()
         log = self.log()
         bad = [m for m in BAD_LOG_MARKERS if m in log]
         if bad:
