@@ -310,7 +310,7 @@ class Filesystem:
             return node
         current = self._open.get(node.ino)
         node.attrs = attrs
-        if current is not None and (current.dirty or ofile.staging is not None):
+        if current is not None and (current.dirty or current.staging is not None):
             # The next upload of the staging file carries the new metadata.
             current.version += 1
             return node
@@ -716,24 +716,30 @@ class Filesystem:
             p = ofile.node.path
             if p is not None and p.startswith(src + "/") and ofile.dirty and not ofile.unlinked:
                 await self._upload(ofile)
-        keys: list[str] = []
+        objects: list[ObjectInfo] = []
         token: str | None = None
         prefix = src + "/"
         while True:
             page = await self.backend.list(prefix, delimiter=None, token=token, limit=1000)
-            keys.extend(o.key for o in page.objects)
+            objects.extend(page.objects)
             if page.token is None:
                 break
             token = page.token
+        keys = [o.key for o in objects]
         limiter = trio.CapacityLimiter(RENAME_PARALLELISM)
 
-        async def copy_one(key: str) -> None:
+        async def copy_one(obj: ObjectInfo) -> None:
+            new_key = dst + "/" + obj.key[len(prefix) :]
+            is_marker = obj.key.endswith("/")
+            meta = self.meta.get(obj.key, "dir" if is_marker else obj.etag)
             async with limiter:
-                await self.backend.copy(key, dst + "/" + key[len(prefix) :])
+                info = await self.backend.copy(obj.key, new_key)
+            if meta is not None:  # the copy keeps the metadata: so does our memory of it
+                self.meta.put(new_key, "dir" if is_marker else info.etag, meta)
 
         async with trio.open_nursery() as nursery:
-            for key in keys:
-                nursery.start_soon(copy_one, key)
+            for obj in objects:
+                nursery.start_soon(copy_one, obj)
         if prefix not in keys:
             # An implicit source directory: give the target a marker so it survives emptying.
             await self.backend.write_bytes(dst + "/", b"", node.attrs.to_metadata())

@@ -353,3 +353,26 @@ async def test_statfs_and_forget(fs: Filesystem) -> None:
     before = len(fs.inodes)
     fs.forget(ino, node.lookups)
     assert len(fs.inodes) == before - 1
+
+
+async def test_chmod_of_a_file_open_for_reading(fs: Filesystem, backend: MemoryBackend) -> None:
+    ino = await write_file(fs, "f", b"abc")
+    fh, _ = await fs.open(ino, os.O_RDONLY)
+    await fs.setattr(ino, mode=0o600, mtime_ns=1_000_000_000)
+    await fs.release(fh)
+    assert backend.objects["f"][1][META_MODE] == str(stat.S_IFREG | 0o600)
+    assert backend.objects["f"][1][META_MTIME] == "1"
+
+
+async def test_renamed_tree_keeps_attributes_in_listings(
+    fs: Filesystem, backend: MemoryBackend, tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    await fs.mkdir(ROOT_INODE, "d", 0o755, 0, 0)
+    ino = await write_file(fs, "d/f", b"abc")
+    await fs.setattr(ino, mode=0o600)
+    await fs.rename(ROOT_INODE, "d", ROOT_INODE, "e")
+    fresh = make_fs(backend, tmp_path)  # remount with the same cache directory
+    fresh.attach(nursery)
+    dh = await fresh.opendir(await resolve(fresh, "e"))
+    (entry,) = fresh.readdir(dh, 0)
+    assert stat.S_IMODE(entry.node.attrs.mode) == 0o600
