@@ -53,6 +53,7 @@ STALE_TMP_SECONDS = 3600.0
 _COPY_BUFFER = 1024 * 1024
 _NO_XATTR = {errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS}
 _LOOKUPS = {"stat", "read", "download", "copy"}
+_NO_OBJECT = {errno.ENOTDIR, errno.EISDIR, errno.ELOOP}
 _CONFLICT = {errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENOTEMPTY}
 
 T = TypeVar("T")
@@ -115,9 +116,14 @@ class LocalBackend:
             if key.endswith("/"):
                 self._stat_sync(key, path)  # a marker reads as empty, if it exists
                 return b""
-            with open(path, "rb") as f:
-                self._require_file(key, os.fstat(f.fileno()).st_mode)
-                return os.pread(f.fileno(), length, offset)
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            try:
+                st = os.fstat(fd)
+                self._require_file(key, st.st_mode)
+                # Never allocate more than the file holds: callers may ask for "the rest".
+                return os.pread(fd, min(length, max(0, st.st_size - offset)), offset)
+            finally:
+                os.close(fd)
 
         return await self._run("read", key, read)
 
@@ -125,7 +131,7 @@ class LocalBackend:
         path = self._path(key)
 
         def download() -> ObjectInfo:
-            with open(path, "rb") as src:
+            with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb") as src:
                 st = os.fstat(src.fileno())
                 self._require_file(key, st.st_mode)
                 with open(dest, "wb") as out:
@@ -291,7 +297,7 @@ class LocalBackend:
                 self._stat_sync(src, src_path)
                 meta = metadata if metadata is not None else self._get_meta(src_path)
                 return self._make_dir(dst, dst_path, meta)
-            with open(src_path, "rb") as f:
+            with open(os.open(src_path, os.O_RDONLY | os.O_NOFOLLOW), "rb") as f:
                 self._require_file(src, os.fstat(f.fileno()).st_mode)
                 meta = metadata if metadata is not None else self._get_meta(src_path)
                 return self._replace(
@@ -459,8 +465,8 @@ class LocalBackend:
 
     def _classify(self, op: str, key: str, exc: OSError) -> BackendError:
         where = f"{self.name}: {op} {key!r} under {self.root}: {exc.strerror or exc}"
-        if exc.errno == errno.ENOENT or (exc.errno == errno.ENOTDIR and op in _LOOKUPS):
-            # "a/b" where "a" is a file: there is no such object.
+        if exc.errno == errno.ENOENT or (exc.errno in _NO_OBJECT and op in _LOOKUPS):
+            # "a/b" where "a" is a file, "d" a directory, "l" a symlink: no such object.
             return NotFound(where)
         if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             return PermissionDenied(where)

@@ -209,19 +209,9 @@ class S3Backend:
     async def open(self) -> None:
         with trio.move_on_after(OPEN_TIMEOUT) as scope:
             try:
-                await self._call("open", "", lambda: self._client.head_bucket(Bucket=self.bucket))
-            except NotFound as exc:
-                raise ConfigurationError(
-                    f"s3: bucket '{self.bucket}' does not exist at {self.endpoint}"
-                ) from exc
+                await self._head_bucket("open")
             except TransientError as exc:
                 raise ConfigurationError(f"cannot reach {self.endpoint}: {exc}") from exc
-            except ConfigurationError as exc:
-                if "NoSuchBucket" in str(exc):
-                    raise ConfigurationError(
-                        f"s3: bucket '{self.bucket}' does not exist at {self.endpoint}"
-                    ) from exc
-                raise
         if scope.cancelled_caught:
             raise ConfigurationError(
                 f"cannot reach {self.endpoint}: no answer within {OPEN_TIMEOUT:.0f} s"
@@ -231,7 +221,18 @@ class S3Backend:
         await trio.to_thread.run_sync(self._client.close)
 
     async def health(self) -> None:
-        await self._call("health", "", lambda: self._client.head_bucket(Bucket=self.bucket))
+        await self._head_bucket("health")
+
+    async def _head_bucket(self, op: str) -> None:
+        try:
+            await self._call(op, "", lambda: self._client.head_bucket(Bucket=self.bucket))
+        except (NotFound, ConfigurationError) as exc:
+            # HEAD has no body, so a missing bucket is a bare 404 here.
+            if isinstance(exc, NotFound) or "NoSuchBucket" in str(exc):
+                raise ConfigurationError(
+                    f"s3: bucket '{self.bucket}' does not exist at {self.endpoint}"
+                ) from exc
+            raise
 
     # --- reads ---------------------------------------------------------------------------
 
@@ -250,6 +251,8 @@ class S3Backend:
         token: str | None = None,
         limit: int = 1000,
     ) -> ListPage:
+        if limit < 1:
+            raise InvalidRequest("s3: list: limit must be positive")
         args: dict[str, Any] = {
             "Bucket": self.bucket,
             "Prefix": self.prefix + prefix,

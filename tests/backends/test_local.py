@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from storagefs.backends import local as local_module
 from storagefs.backends.base import ConfigurationError, Conflict, InvalidRequest, NotFound
 from storagefs.backends.local import TMP_DIR, XATTR_PREFIX, LocalBackend
 
@@ -48,6 +47,12 @@ async def test_files_made_outside_are_objects(backend: LocalBackend) -> None:
     (backend.root / "outside" / "link").symlink_to("f")  # not an object
     info = await backend.stat("outside/f")
     assert (info.size, info.metadata) == (5, {})
+    for op in (backend.stat("outside/link"), backend.read("outside/link", 0, 5)):
+        with pytest.raises(NotFound):
+            await op
+    with pytest.raises(NotFound):
+        await backend.read("outside", 0, 5)  # a directory is only the marker "outside/"
+    assert await backend.read("outside/f", 2, 1 << 40) == b"345"
     page = await backend.list("outside/")
     assert [o.key for o in page.objects] == ["outside/", "outside/f"]
 
@@ -136,8 +141,8 @@ async def test_without_xattrs_it_warns_once_and_keeps_working(
         raise OSError(errno.ENOTSUP, "Operation not supported")
 
     # A filesystem without user xattrs (some FUSE and network filesystems).
-    monkeypatch.setattr(local_module.os, "setxattr", refuse)
-    monkeypatch.setattr(local_module.os, "listxattr", refuse)
+    monkeypatch.setattr(os, "setxattr", refuse)
+    monkeypatch.setattr(os, "listxattr", refuse)
     with caplog.at_level(logging.WARNING, logger="storagefs.backends.local"):
         await backend.write_bytes("a", b"1", {"mode": "33188"})
         await backend.write_bytes("b", b"2", {"mode": "33188"})

@@ -63,6 +63,8 @@ async def test_open_missing_bucket(s3_bucket: S3Bucket) -> None:
     assert str(err.value) == (
         f"s3: bucket 'no-such-bucket-here' does not exist at {s3_bucket.endpoint_url}"
     )
+    with pytest.raises(ConfigurationError, match="does not exist"):
+        await backend.health()  # a bucket deleted under a running mount: not retried
 
 
 async def test_open_closed_port_fails_fast() -> None:
@@ -112,13 +114,11 @@ async def test_errors_never_show_credentials(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def _client_error(code: str, status: int, op: str = "GetObject") -> botocore.exceptions.ClientError:
-    return botocore.exceptions.ClientError(
-        {
-            "Error": {"Code": code, "Message": f"{code} message"},
-            "ResponseMetadata": {"HTTPStatusCode": status},
-        },
-        op,
-    )
+    response: Any = {
+        "Error": {"Code": code, "Message": f"{code} message"},
+        "ResponseMetadata": {"HTTPStatusCode": status},
+    }
+    return botocore.exceptions.ClientError(response, op)
 
 
 @pytest.mark.parametrize(
