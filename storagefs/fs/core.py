@@ -52,6 +52,10 @@ class FsOptions:
     uid: int = dataclasses.field(default_factory=os.getuid)
     gid: int = dataclasses.field(default_factory=os.getgid)
     metadata_cache: Path | None = None  # None: in memory only
+    # Listings with more never-seen entries than this show default attributes instead of
+    # paying one HEAD per entry (they are HEADed one by one when stat'ed).
+    listing_head_limit: int = 20_000
+    listing_head_parallelism: int = 32
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -138,8 +142,49 @@ class Filesystem:
         listing = self.dirs.get(path, self._now())
         if listing is None:
             listing = await list_directory(self.backend, path, self._expiry())
+            await self._fill_metadata(path, listing)
             self.dirs.put(path, listing)
         return listing
+
+    async def _fill_metadata(self, path: str, listing: Listing) -> None:
+        """Fetch the metadata a listing does not carry, for entries we have never seen.
+
+        Listings give size and last-modified but not mode/owner/mtime. Objects this machine
+        wrote or saw are remembered (MetadataCache); the rest are HEADed here, in parallel,
+        once — so ``ls -l`` shows stored attributes even on a fresh machine, and a second
+        listing costs no HEAD at all (unlike s3fs, which HEADs every entry sequentially)."""
+        unknown: list[tuple[str, str | None]] = []  # (key, etag or "dir")
+        for entry in listing.entries.values():
+            if entry.is_dir:
+                key, etag = dir_prefix(child_path(path, entry.name)), "dir"
+            else:
+                assert entry.info is not None
+                key, etag = entry.info.key, entry.info.etag
+            unknown.append((key, etag))
+        known = self.meta.get_many(unknown)
+        missing = [(k, e) for k, e in unknown if k not in known and e is not None]
+        if not missing or len(missing) > self.options.listing_head_limit:
+            return
+        limiter = trio.CapacityLimiter(self.options.listing_head_parallelism)
+
+        async def head(key: str, etag: str | None) -> None:
+            async with limiter:
+                try:
+                    info = await self.backend.stat(key)
+                except NotFound:  # an implicit directory: no marker, nothing stored
+                    meta: Mapping[str, str] = {}
+                except BackendError as exc:
+                    log.debug("no metadata for %s: %s", key, exc)
+                    return
+                else:
+                    meta = info.metadata or {}
+                    if etag != "dir":
+                        etag = info.etag
+            self.meta.put(key, etag, meta)
+
+        async with trio.open_nursery() as nursery:
+            for key, etag in missing:
+                nursery.start_soon(head, key, etag)
 
     def _entry_node(self, path: str, entry: Entry) -> Node:
         """A node for a listing entry, using remembered metadata when the etag matches."""

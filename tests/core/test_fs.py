@@ -376,3 +376,20 @@ async def test_renamed_tree_keeps_attributes_in_listings(
     dh = await fresh.opendir(await resolve(fresh, "e"))
     (entry,) = fresh.readdir(dh, 0)
     assert stat.S_IMODE(entry.node.attrs.mode) == 0o600
+
+
+async def test_cold_listing_fetches_stored_attributes_once(
+    backend: MemoryBackend, tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    for i in range(20):
+        backend.objects[f"f{i}"] = (b"x", {META_MODE: str(0o100600)}, 0.0)
+    backend.objects["d/"] = (b"", {META_MODE: str(0o40700)}, 0.0)
+    backend.objects["implicit/x"] = (b"", {}, 0.0)
+    fs = make_fs(backend, tmp_path, ttl=0.0)
+    fs.attach(nursery)
+    dh = await fs.opendir(ROOT_INODE)
+    modes = {e.name: stat.S_IMODE(e.node.attrs.mode) for e in fs.readdir(dh, 0)}
+    assert modes == {**{f"f{i}": 0o600 for i in range(20)}, "d": 0o700, "implicit": 0o755}
+    backend.calls.clear()
+    dh = await fs.opendir(ROOT_INODE)  # ttl 0: listed again, but nothing HEADed again
+    assert [c[0] for c in backend.calls] == ["list"]
