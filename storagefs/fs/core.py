@@ -155,6 +155,7 @@ class Filesystem:
         listing costs no HEAD at all (unlike s3fs, which HEADs every entry sequentially)."""
         unknown: list[tuple[str, str | None]] = []  # (key, etag or "dir")
         for entry in listing.entries.values():
+            etag: str | None
             if entry.is_dir:
                 key, etag = dir_prefix(child_path(path, entry.name)), "dir"
             else:
