@@ -10,7 +10,7 @@ from __future__ import annotations
 import errno
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
@@ -27,7 +27,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def _guarded(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+def _guarded(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
     @functools.wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
@@ -50,7 +50,7 @@ def _guarded(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
     return wrapper
 
 
-class StorageOperations(pyfuse3.Operations):  # type: ignore[misc]
+class StorageOperations(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_writeback_cache = False
 
@@ -170,7 +170,7 @@ class StorageOperations(pyfuse3.Operations):  # type: ignore[misc]
         self, inode: int, flags: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.FileInfo:
         fh, keep_cache = await self.fs.open(inode, flags)
-        return pyfuse3.FileInfo(fh=fh, keep_cache=keep_cache)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=keep_cache, direct_io=self.fs.is_virtual(fh))
 
     @_guarded
     async def read(self, fh: int, off: int, size: int) -> bytes:

@@ -24,6 +24,7 @@ from storagefs.fs.attrs import Attrs, Defaults, attrs_from_object
 from storagefs.fs.dirs import DirCache, Entry, Listing, list_directory
 from storagefs.fs.errors import FSError
 from storagefs.fs.files import ChunkReader, Handle, OpenFile
+from storagefs.fs.health_dir import HealthTree, Provider
 from storagefs.fs.inodes import ROOT_INODE, InodeTable, Node
 from storagefs.fs.metadata_cache import MetadataCache
 from storagefs.fs.names import (
@@ -66,7 +67,9 @@ class DirEntry:
 
 
 class Filesystem:
-    def __init__(self, backend: Backend, options: FsOptions) -> None:
+    def __init__(
+        self, backend: Backend, options: FsOptions, health: Provider | None = None
+    ) -> None:
         self.backend = backend
         self.options = options
         self.defaults = Defaults(uid=options.uid, gid=options.gid)
@@ -80,6 +83,9 @@ class Filesystem:
         self._dir_handles: dict[int, tuple[str, list[Entry]]] = {}
         self._next_fh = 1
         self._nursery: trio.Nursery | None = None
+        self.health = HealthTree(health, options.uid, options.gid)
+        self._health_files: dict[int, bytes] = {}  # open /.health files: their snapshot
+        self._health_dirs: dict[int, list[Node]] = {}
         options.staging_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     # --- lifecycle --------------------------------------------------------------------
@@ -114,6 +120,10 @@ class Filesystem:
 
     def _expiry(self) -> float:
         return self._now() + self.options.metadata_ttl
+
+    def _refuse_health(self, *inos: int) -> None:
+        if any(HealthTree.owns(ino) for ino in inos):
+            raise FSError(errno.EACCES, "/.health is read-only")
 
     def _check_writable(self) -> None:
         if self.options.read_only:
@@ -264,6 +274,13 @@ class Filesystem:
     # --- metadata operations ----------------------------------------------------------
 
     async def lookup(self, parent_ino: int, name: str) -> Node:
+        if HealthTree.owns(parent_ino):
+            found = self.health.lookup(parent_ino, name)
+            if found is None:
+                raise FSError(errno.ENOENT)
+            return found
+        if parent_ino == ROOT_INODE and name == HEALTH_NAME:
+            return self.health.root()
         parent = self._dir_node(parent_ino)
         if name == ".":
             node = parent
@@ -288,12 +305,18 @@ class Filesystem:
         return node
 
     def forget(self, ino: int, count: int) -> None:
-        self.inodes.forget(ino, count)
+        if not HealthTree.owns(ino):
+            self.inodes.forget(ino, count)
 
     def add_lookup(self, node: Node) -> None:
         node.lookups += 1
 
     async def getattr(self, ino: int) -> Node:
+        if HealthTree.owns(ino):
+            found = self.health.getattr(ino)
+            if found is None:
+                raise FSError(errno.ENOENT)
+            return found
         node = self.inodes.get(ino)
         if node.path is None or node.ino == ROOT_INODE or path_is_open(self, node):
             return node
@@ -318,6 +341,7 @@ class Filesystem:
         mtime_ns: int | None = None,
         fh: int | None = None,
     ) -> Node:
+        self._refuse_health(ino)
         self._check_writable()
         node = self.inodes.get(ino)
         if node.path is None:
@@ -394,6 +418,7 @@ class Filesystem:
     # --- directories ------------------------------------------------------------------
 
     async def mkdir(self, parent_ino: int, name: str, mode: int, uid: int, gid: int) -> Node:
+        self._refuse_health(parent_ino)
         self._check_writable()
         parent = self._dir_node(parent_ino)
         check_new_name(name)
@@ -432,6 +457,9 @@ class Filesystem:
         return list(listing.entries.values())
 
     async def rmdir(self, parent_ino: int, name: str) -> None:
+        self._refuse_health(parent_ino)
+        if parent_ino == ROOT_INODE and name == HEALTH_NAME:
+            raise FSError(errno.EACCES, "/.health is read-only")
         self._check_writable()
         parent = self._dir_node(parent_ino)
         assert parent.path is not None
@@ -449,6 +477,10 @@ class Filesystem:
         self.inodes.detach(path)
 
     async def opendir(self, ino: int) -> int:
+        if HealthTree.owns(ino):
+            dh = self._new_fh()
+            self._health_dirs[dh] = self.health.children(ino)
+            return dh
         node = self._dir_node(ino)
         assert node.path is not None
         listing = await self._listing(node.path)
@@ -458,6 +490,13 @@ class Filesystem:
 
     def readdir(self, dh: int, start: int) -> list[DirEntry]:
         """Entries from ``start`` on; the adapter calls add_lookup for each one it sends."""
+        if dh in self._health_dirs:
+            nodes = self._health_dirs[dh]
+            assert all(n.path is not None for n in nodes)
+            return [
+                DirEntry(str(n.path).rsplit("/", 1)[-1], n, i + 1)
+                for i, n in enumerate(nodes[start:], start)
+            ]
         try:
             path, entries = self._dir_handles[dh]
         except KeyError:
@@ -469,6 +508,7 @@ class Filesystem:
 
     def releasedir(self, dh: int) -> None:
         self._dir_handles.pop(dh, None)
+        self._health_dirs.pop(dh, None)
 
     # --- files ------------------------------------------------------------------------
 
@@ -516,6 +556,7 @@ class Filesystem:
     async def create(
         self, parent_ino: int, name: str, mode: int, flags: int, uid: int, gid: int
     ) -> tuple[int, Node]:
+        self._refuse_health(parent_ino)
         self._check_writable()
         parent = self._dir_node(parent_ino)
         check_new_name(name)
@@ -540,6 +581,16 @@ class Filesystem:
 
     async def open(self, ino: int, flags: int) -> tuple[int, bool]:
         """A file handle and whether the kernel may keep its page cache for this file."""
+        if HealthTree.owns(ino):
+            if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
+                raise FSError(errno.EACCES, "/.health is read-only")
+            content = self.health.content(ino)
+            if content is None:
+                known = self.health.path_of(ino) is not None
+                raise FSError(errno.EISDIR if known else errno.ENOENT)
+            fh = self._new_fh()
+            self._health_files[fh] = content
+            return fh, False
         node = self.inodes.get(ino)
         if node.attrs.is_dir:
             raise FSError(errno.EISDIR)
@@ -575,7 +626,13 @@ class Filesystem:
         except KeyError:
             raise FSError(errno.EBADF) from None
 
+    def is_virtual(self, fh: int) -> bool:
+        """A /.health file: sized by its snapshot, so the kernel must not trust st_size."""
+        return fh in self._health_files
+
     async def read(self, fh: int, offset: int, size: int) -> bytes:
+        if fh in self._health_files:
+            return self._health_files[fh][offset : offset + size]
         handle = self._handle(fh)
         ofile = handle.ofile
         if ofile.fd is not None:
@@ -632,12 +689,16 @@ class Filesystem:
             self._update_listing_entry(node.path, info)
 
     async def flush(self, fh: int) -> None:
+        if fh in self._health_files:
+            return
         await self._upload(self._handle(fh).ofile)
 
     async def fsync(self, fh: int) -> None:
         await self._upload(self._handle(fh).ofile)
 
     async def release(self, fh: int) -> None:
+        if self._health_files.pop(fh, None) is not None:
+            return
         handle = self._handles.pop(fh, None)
         if handle is None:
             return
@@ -653,6 +714,7 @@ class Filesystem:
     # --- removal and renames ----------------------------------------------------------
 
     async def unlink(self, parent_ino: int, name: str) -> None:
+        self._refuse_health(parent_ino)
         self._check_writable()
         parent = self._dir_node(parent_ino)
         assert parent.path is not None
@@ -679,6 +741,7 @@ class Filesystem:
         new_name: str,
         flags: int = 0,
     ) -> None:
+        self._refuse_health(old_parent_ino, new_parent_ino)
         self._check_writable()
         if flags & RENAME_EXCHANGE:
             raise FSError(errno.EINVAL, "RENAME_EXCHANGE is not supported")

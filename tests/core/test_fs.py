@@ -393,3 +393,46 @@ async def test_cold_listing_fetches_stored_attributes_once(
     backend.calls.clear()
     dh = await fs.opendir(ROOT_INODE)  # ttl 0: listed again, but nothing HEADed again
     assert [c[0] for c in backend.calls] == ["list"]
+
+
+async def test_health_tree_is_virtual_and_read_only(
+    backend: MemoryBackend, tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    calls = []
+
+    def provider() -> dict[str, bytes]:
+        calls.append(1)
+        return {"status.json": b'{"state": "ok"}', "backends/s3.json": f"{len(calls)}".encode()}
+
+    fs = Filesystem(backend, make_fs(backend, tmp_path).options, health=provider)
+    fs.attach(nursery)
+    backend.objects[".health/x"] = (b"shadowed", {}, 0.0)
+    root = await fs.lookup(ROOT_INODE, ".health")
+    dh = await fs.opendir(root.ino)
+    assert [e.name for e in fs.readdir(dh, 0)] == ["backends", "status.json"]
+    status = await fs.lookup(root.ino, "status.json")
+    fh, _ = await fs.open(status.ino, os.O_RDONLY)
+    assert fs.is_virtual(fh)
+    assert await fs.read(fh, 0, 100) == b'{"state": "ok"}'
+    await fs.release(fh)
+    s3 = await fs.lookup((await fs.lookup(root.ino, "backends")).ino, "s3.json")
+    first = (await fs.open(s3.ino, os.O_RDONLY))[0]
+    second = (await fs.open(s3.ino, os.O_RDONLY))[0]
+    assert await fs.read(first, 0, 10) != await fs.read(second, 0, 10)  # fresh per open
+    for call in (
+        fs.open(status.ino, os.O_WRONLY),
+        fs.create(root.ino, "new", 0o644, os.O_WRONLY, 0, 0),
+        fs.mkdir(root.ino, "d", 0o755, 0, 0),
+        fs.unlink(root.ino, "status.json"),
+        fs.rmdir(ROOT_INODE, ".health"),
+        fs.rename(root.ino, "status.json", ROOT_INODE, "x"),
+        fs.setattr(status.ino, mode=0o777),
+    ):
+        with pytest.raises(FSError) as e:
+            await call
+        assert errno_of(e) == errno.EACCES
+    # Not listed at the root (cp -r / diff -r of the mount must not see it), and the bucket's
+    # own ".health" objects stay out of the mount.
+    dh = await fs.opendir(ROOT_INODE)
+    assert ".health" not in [e.name for e in fs.readdir(dh, 0)]
+    assert not [c for c in backend.calls if c[1].startswith(".health")]
