@@ -105,6 +105,7 @@ class FallbackChain:
             initial_backoff=settings.retry_initial_backoff,
             max_backoff=settings.breaker_reset,
             on_result=self._replayed,
+            refusal_abandons=settings.write_mode == "through",
         )
         self.stale_reads = 0
         self.journal_only_writes = 0  # through-mode writes acknowledged without the primary
@@ -463,7 +464,8 @@ class FallbackChain:
         if result.outcome is Outcome.APPLIED:
             return result.info if result.info is not None else fallback
         if result.outcome is Outcome.FAILED:
-            await self._abandon(entry, result.error)
+            # The replayer quarantined it for every remote; the cache must not serve it.
+            await self._cache_best_effort(self.cache.discard(entry.key))
             if isinstance(result.error, BackendError):
                 raise result.error
             raise BackendError(f"{entry.op.value} {entry.key!r} failed: {result.error}")
@@ -474,15 +476,6 @@ class FallbackChain:
             "is not answering" if result.outcome is Outcome.UNAVAILABLE else "is too slow",
         )  # fmt: skip
         return fallback
-
-    async def _abandon(self, entry: Entry, error: BaseException | None) -> None:
-        # The caller is told the write failed: the other remotes must not get it either
-        # (those that applied it already keep it; the primary stays authoritative for reads).
-        for target in self.journal.pending_targets(entry.seq):
-            await self.journal.quarantine(
-                entry.seq, target, f"abandoned: the primary refused it ({error})"
-            )
-        await self._cache_best_effort(self.cache.discard(entry.key))
 
     async def _cache_entry(self, entry: Entry) -> None:
         info = self._journal_info(entry)

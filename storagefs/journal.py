@@ -684,6 +684,9 @@ class Journal:
     def pending_targets(self, seq: int) -> frozenset[str]:
         return frozenset(self._progress.get(seq, ()))
 
+    def is_pending(self, seq: int, target: str) -> bool:
+        return target in self._progress.get(seq, ())
+
     def progress(self, seq: int, target: str) -> TargetProgress | None:
         return self._progress.get(seq, {}).get(target)
 

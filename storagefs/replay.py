@@ -10,7 +10,10 @@ parallel, up to ``workers`` per target, so a slow secondary never holds up the p
 are dispatched primary first. A target that is not answering (BackendUnavailable,
 TransientError, or a store-level NotFound/ConfigurationError) is *down*: one entry at a time
 probes it after an exponential backoff capped at ``max_backoff`` (set it to the breaker's reset
-time, so the breaker's half-open probe is what decides the target is back). A permanent refusal
+time, so the breaker's half-open probe is what decides the target is back). Primary first: while
+the primary answers, another target gets an entry only once the primary has applied it or
+refused it; with ``refusal_abandons`` (write-through, where the writer hears of the refusal) a
+permanent refusal by the primary quarantines the entry for every target. A permanent refusal
 (PermissionDenied, InvalidRequest, Conflict, a COPY whose source is gone) or content that fails
 its checksum quarantines the entry for that target: recorded, logged, counted, never retried.
 
@@ -114,6 +117,7 @@ class Replayer:
         initial_backoff: float = 0.1,
         max_backoff: float = 10.0,
         on_result: Callable[[str, BaseException | None], None] | None = None,
+        refusal_abandons: bool = False,
     ) -> None:
         self.journal = journal
         self.remotes = {r.name: r for r in remotes}
@@ -123,6 +127,7 @@ class Replayer:
         self.initial_backoff = initial_backoff
         self.max_backoff = max(max_backoff, initial_backoff)
         self.on_result = on_result
+        self.refusal_abandons = refusal_abandons
         self.state = {name: TargetState() for name in self.order}
         self.running = False
         self._stopping = False
@@ -211,11 +216,16 @@ class Replayer:
                     del self._waiters[key]
         return waiter.result or Result(Outcome.TIMEOUT)
 
+    def _record(self, key: tuple[int, str], result: Result) -> None:
+        """Remember a final outcome for waiters that ask once the entry is no longer pending
+        (recorded before the journal forgets the entry, so no one sees a gap)."""
+        self._recent[key] = result
+        while len(self._recent) > _RECENT_RESULTS:
+            self._recent.popitem(last=False)
+
     def _resolve(self, key: tuple[int, str], result: Result) -> None:
         if result.outcome is not Outcome.UNAVAILABLE:
-            self._recent[key] = result
-            while len(self._recent) > _RECENT_RESULTS:
-                self._recent.popitem(last=False)
+            self._record(key, result)
         for waiter in self._waiters.pop(key, ()):
             waiter.result = result
             waiter.event.set()
@@ -236,6 +246,7 @@ class Replayer:
 
     def _dispatch(self, nursery: trio.Nursery) -> None:
         now = trio.current_time()
+        primary = self.order[0]
         for target in self.order:
             state = self.state[target]
             if not state.up and now < state.retry_at:
@@ -243,10 +254,17 @@ class Replayer:
             free = (self.workers if state.up else 1) - len(state.in_flight)
             if free <= 0:
                 continue
+            # Primary first: while the primary answers, the others get an entry only after
+            # the primary has it (or refused it), so they never hold what the primary lacks.
+            follow = target != primary and self.state[primary].up
             blocked: set[str] = set()
             for entry in self.journal.pending(target):
                 keys = entry.keys()
-                ready = entry.seq not in state.in_flight and blocked.isdisjoint(keys)
+                ready = (
+                    entry.seq not in state.in_flight
+                    and blocked.isdisjoint(keys)
+                    and not (follow and self.journal.is_pending(entry.seq, primary))
+                )
                 blocked.update(keys)
                 if ready:
                     state.in_flight.add(entry.seq)
@@ -290,6 +308,7 @@ class Replayer:
             log.exception("replaying entry %d to %s failed unexpectedly", entry.seq, target)
             await self._not_answering(target, entry, state, started_up, exc)
         else:
+            self._record((entry.seq, target), Result(Outcome.APPLIED, info=info))
             await self.journal.mark_applied(entry.seq, target)
             state.applied += 1
             if not state.up:
@@ -322,8 +341,19 @@ class Replayer:
         self, target: str, entry: Entry, state: TargetState, reason: str, exc: BaseException
     ) -> None:
         state.quarantined += 1
+        key = (entry.seq, target)
+        result = Result(Outcome.FAILED, error=exc)
+        self._record(key, result)  # before the entry stops being pending: see wait()
+        if self.refusal_abandons and target == self.order[0]:
+            # The writer is told it failed (write-through): nobody else may get it either.
+            # The others go first: while the primary still has it pending, none of them
+            # can have started it (primary first).
+            for other in self.journal.pending_targets(entry.seq) - {target}:
+                await self.journal.quarantine(
+                    entry.seq, other, f"abandoned: the primary refused it ({reason})"
+                )
         await self.journal.quarantine(entry.seq, target, reason)
-        self._resolve((entry.seq, target), Result(Outcome.FAILED, error=exc))
+        self._resolve(key, result)
         if self.on_result is not None and isinstance(exc, BackendError):
             # The store answered (with a refusal): it is reachable.
             self.on_result(target, None)
@@ -336,7 +366,7 @@ class Replayer:
         now = trio.current_time()
         if state.up:
             log.warning(
-                "%s is not answering (%s): writes stay in the journal, retrying in %.1fs",
+                "%s is not answering (%s): writes stay in the journal, retrying in %.2gs",
                 target, state.last_error, self.initial_backoff,
             )  # fmt: skip
             state.up = False

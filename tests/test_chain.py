@@ -1,0 +1,479 @@
+"""FallbackChain over in-memory remotes with injected faults: reads fall back, writes are never
+lost, the replayer keeps per-key order, and the overlay shows pending state at once."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from storagefs.backends.base import (
+    BackendUnavailable,
+    ListPage,
+    NotFound,
+    PermissionDenied,
+    TransientError,
+)
+from storagefs.chain import FallbackChain
+from storagefs.config import Settings
+from storagefs.resilience import ResilientBackend, RetryPolicy
+from tests.fakes import MemoryBackend
+from tests.faults import FaultyBackend
+
+META = {"mode": "33188", "uid": "1000", "gid": "1000", "mtime": "1700000000"}
+WRITES = ("write", "write_bytes", "delete", "copy")
+
+
+def remotes() -> tuple[FaultyBackend, FaultyBackend]:
+    return (
+        FaultyBackend(MemoryBackend("primary")),
+        FaultyBackend(MemoryBackend("secondary")),
+    )
+
+
+def store(backend: FaultyBackend) -> MemoryBackend:
+    inner = backend.inner
+    assert isinstance(inner, MemoryBackend)
+    return inner
+
+
+def contents(backend: FaultyBackend) -> dict[str, bytes]:
+    return {k: v[0] for k, v in store(backend).objects.items()}
+
+
+def settings(tmp_path: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "cache_dir": tmp_path,
+        "write_deadline": 10.0,
+        "retry_initial_backoff": 0.01,
+        "breaker_reset": 0.05,
+        "cache_max_bytes": 10**7,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@asynccontextmanager
+async def running(
+    tmp_path: Path, backends: tuple[Any, ...], *, start: bool = True, **overrides: Any
+) -> AsyncIterator[FallbackChain]:
+    chain = FallbackChain.from_settings(list(backends), settings(tmp_path, **overrides))
+    await chain.open()
+    try:
+        async with trio.open_nursery() as nursery:
+            if start:
+                await nursery.start(chain.run)
+            yield chain
+            chain.stop()
+    finally:
+        await chain.close()
+
+
+async def list_all(chain: FallbackChain, prefix: str = "", limit: int = 1000) -> ListPage:
+    objects, prefixes, token = [], [], None
+    while True:
+        page = await chain.list(prefix, token=token, limit=limit)
+        objects += page.objects
+        prefixes += page.prefixes
+        token = page.token
+        if token is None:
+            return ListPage(objects, prefixes, None)
+
+
+def keys(page: ListPage) -> list[str]:
+    return [o.key for o in page.objects]
+
+
+# --- reads ---------------------------------------------------------------------------------------
+
+
+async def test_reads_fall_back_to_the_secondary(tmp_path: Path) -> None:
+    primary, secondary = remotes()
+    await store(primary).write_bytes("old", b"from primary", META)
+    await store(secondary).write_bytes("old", b"from secondary", META)
+    await store(secondary).write_bytes("d/x", b"x", META)
+    async with running(tmp_path, (primary, secondary)) as chain:
+        assert await chain.read("old", 0, 100) == b"from primary"
+        primary.set_down(BackendUnavailable)
+        assert await chain.read("old", 0, 100) == b"from secondary"
+        assert (await chain.stat("old")).size == len(b"from secondary")
+        page = await chain.list("")
+        assert keys(page) == ["old"] and page.prefixes == ["d/"]
+        status = chain.status()
+        assert status["remotes"][0]["reachable"] is False and status["degraded"]
+        assert status["remotes"][1]["reachable"] is True
+        primary.set_up()
+        assert await chain.read("old", 0, 100) == b"from primary"
+        assert chain.stale_reads == 0
+
+
+async def test_not_found_from_a_reachable_primary_is_final(tmp_path: Path) -> None:
+    primary, secondary = remotes()
+    await store(secondary).write_bytes("deleted-on-primary", b"zombie", META)
+    async with running(tmp_path, (primary, secondary)) as chain:
+        with pytest.raises(NotFound):
+            await chain.stat("deleted-on-primary")
+        with pytest.raises(NotFound):
+            await chain.read("deleted-on-primary", 0, 10)
+        assert secondary.calls["stat"] == 0 and secondary.calls["read"] == 0
+
+
+async def test_all_down_reads_cache_writes_journal_then_everything_arrives(
+    tmp_path: Path,
+) -> None:
+    primary, secondary = remotes()
+    async with running(tmp_path, (primary, secondary)) as chain:
+        await chain.write_bytes("cached", b"clean copy", META)
+        await chain.write_bytes("renamed", b"move me", META)
+        assert await chain.flush(5)
+        primary.set_down()
+        secondary.set_down()
+
+        # Reads: the clean cached copy, counted as stale.
+        assert await chain.read("cached", 0, 100) == b"clean copy"
+        assert chain.stale_reads == 1
+        with pytest.raises(BackendUnavailable):
+            await chain.read("never-seen", 0, 10)
+
+        # Writes: acknowledged on the journal alone, visible at once.
+        src = tmp_path / "big"
+        big = hashlib.sha256(b"seed").digest() * 10_000  # 320 KB: a journal content file
+        src.write_bytes(big)
+        await chain.write("big", str(src), META)
+        src.write_bytes(b"the staging file changes after close")
+        await chain.write_bytes("small", b"tiny", META)
+        await chain.copy("renamed", "moved")
+        await chain.delete("renamed")
+        await chain.delete("cached")
+        assert await chain.read("big", 0, len(big)) == big
+        assert await chain.read("moved", 0, 100) == b"move me"
+        with pytest.raises(NotFound):
+            await chain.stat("renamed")
+        assert chain.journal_only_writes == 5
+        assert not await chain.flush(0.2)
+        status = chain.status()
+        assert status["degraded"] and status["journal"]["pending_entries"] == 5
+        assert status["remotes"][0]["pending_ops"] == 5
+
+        primary.set_up()
+        secondary.set_up()
+        assert await chain.flush(10)
+    expected = {"big": big, "small": b"tiny", "moved": b"move me"}
+    assert contents(primary) == expected
+    assert contents(secondary) == expected
+
+
+async def test_pending_state_is_visible_in_the_overlay(tmp_path: Path) -> None:
+    primary, secondary = remotes()
+    for backend in (primary, secondary):
+        await store(backend).write_bytes("gone", b"old", META)
+        await store(backend).write_bytes("e/only", b"1", META)
+        await store(backend).write_bytes("f/kept", b"1", META)
+        await store(backend).write_bytes("f/dropped", b"1", META)
+        backend.hang(WRITES)  # reads answer, nothing gets applied
+    async with running(tmp_path, (primary, secondary), write_mode="back") as chain:
+        await chain.write_bytes("new", b"pending bytes", {"mode": "33261"})
+        await chain.write_bytes("d/inner", b"x", META)
+        await chain.delete("gone")
+        await chain.delete("e/only")
+        await chain.delete("f/dropped")
+
+        info = await chain.stat("new")
+        assert info.size == len(b"pending bytes") and info.metadata == {"mode": "33261"}
+        assert await chain.read("new", 8, 100) == b"bytes"
+        dest = tmp_path / "dl"
+        assert (await chain.download("new", str(dest))).size == 13
+        assert dest.read_bytes() == b"pending bytes"
+        with pytest.raises(NotFound):
+            await chain.stat("gone")
+        with pytest.raises(NotFound):
+            await chain.read("gone", 0, 10)
+        page = await chain.list("")
+        assert keys(page) == ["new"]
+        assert page.prefixes == ["d/", "f/"]  # e/ is empty now, f/ is not
+        assert keys(await chain.list("f/")) == ["f/kept"]
+        assert store(primary).objects.keys() == {"gone", "e/only", "f/kept", "f/dropped"}
+
+        primary.release()
+        secondary.release()
+        assert await chain.flush(5)
+        assert keys(await chain.list("")) == ["new"]
+    assert (
+        contents(primary)
+        == contents(secondary)
+        == {
+            "new": b"pending bytes",
+            "d/inner": b"x",
+            "f/kept": b"1",
+        }
+    )
+
+
+async def test_listing_continues_on_the_secondary_mid_way(tmp_path: Path) -> None:
+    primary, secondary = remotes()
+    names = [f"k{i:03d}" for i in range(50)]
+    for backend in (primary, secondary):
+        for name in names:
+            await store(backend).write_bytes(name, b"", META)
+    async with running(tmp_path, (primary, secondary)) as chain:
+        await chain.write_bytes("k0255", b"pending", META)  # sorts inside the third page
+        first = await chain.list("", limit=10)
+        assert keys(first) == names[:10] and first.token is not None
+        primary.set_down()
+        seen = keys(first)
+        token: str | None = first.token
+        while token is not None:
+            page = await chain.list("", token=token, limit=10)
+            assert keys(page) == sorted(keys(page))
+            seen += keys(page)
+            token = page.token
+        assert seen == sorted([*names, "k0255"])
+
+
+# --- writes -------------------------------------------------------------------------------------
+
+
+async def test_write_through_waits_for_the_primary(tmp_path: Path) -> None:
+    primary, secondary = remotes()
+    async with running(tmp_path, (primary, secondary)) as chain:
+        info = await chain.write_bytes("a", b"hello", META)
+        assert contents(primary) == {"a": b"hello"}  # applied before the call returned
+        assert info.etag == hashlib.md5(b"hello").hexdigest()  # the primary's answer
+        assert await chain.flush(5)
+        assert contents(secondary) == {"a": b"hello"}
+        await chain.delete("a")
+        assert contents(primary) == {} and chain.journal_only_writes == 0
+
+
+async def test_write_through_deadline(tmp_path: Path) -> None:
+    primary, secondary = remotes()
+    primary.hang(WRITES)
+    async with running(tmp_path, (primary, secondary), write_deadline=0.3) as chain:
+        start = trio.current_time()
+        await chain.write_bytes("a", b"x", META)
+        assert 0.3 <= trio.current_time() - start < 3
+        assert "a" not in store(primary).objects and chain.journal_only_writes == 1
+        primary.release()
+        assert await chain.flush(5)
+        assert contents(primary) == {"a": b"x"}
+
+
+async def test_write_back_returns_once_journaled(tmp_path: Path) -> None:
+    primary, secondary = remotes()
+    primary.hang(WRITES)
+    async with running(tmp_path, (primary, secondary), write_mode="back") as chain:
+        with trio.fail_after(2):
+            await chain.write_bytes("a", b"x", META)
+        assert "a" not in store(primary).objects and chain.journal_only_writes == 0
+        with trio.fail_after(5):
+            while primary.hung == 0:  # noqa: ASYNC110 -- the replayer is on it
+                await trio.sleep(0.01)
+        primary.release()
+        assert await chain.flush(5)
+        assert contents(primary) == contents(secondary) == {"a": b"x"}
+
+
+async def test_through_write_succeeds_on_journal_when_primary_down(tmp_path: Path) -> None:
+    primary, secondary = remotes()
+    primary.set_down(BackendUnavailable)
+    async with running(tmp_path, (primary, secondary)) as chain:
+        with trio.fail_after(2):
+            await chain.write_bytes("a", b"x", META)
+            await chain.write_bytes("b", b"y", META)
+        assert chain.journal_only_writes == 2
+        assert await chain.read("a", 0, 10) == b"x"
+        primary.set_up()
+        assert await chain.flush(5)
+        assert contents(primary) == {"a": b"x", "b": b"y"}
+
+
+async def test_replay_keeps_order_per_key_on_each_target(tmp_path: Path) -> None:
+    primary, secondary = remotes()
+    async with running(tmp_path, (primary, secondary), replay_workers=8) as chain:
+        await chain.write_bytes("a", b"v1", META)
+        assert await chain.flush(5)
+        primary.set_down()
+        secondary.set_down()
+        # A real server-side COPY (a is on the remotes), then changes to both keys behind it.
+        await chain.copy("a", "b", {**META, "mode": "33261"})
+        await chain.delete("a")
+        await chain.write_bytes("a", b"v2", META)
+        await chain.copy("a", "c")  # a is pending: journaled as a PUT sharing its content
+        await chain.delete("a")
+        for i in range(10):  # other keys, applied in parallel
+            await chain.write_bytes(f"other{i}", b"o", META)
+        for backend in (primary, secondary):
+            store(backend).calls.clear()
+            backend.set_up()
+            backend.add_latency(0.01, "copy")  # a slow copy must still finish before the delete
+        assert await chain.flush(10)
+    for backend in (primary, secondary):
+        calls = [c for c in store(backend).calls if c[1] in {"a", "b", "c"}]
+        # The memory store logs a copy under its source. c shares a's pending content but is
+        # another key: it may go any time.
+        assert ("write", "c") in calls
+        assert [c for c in calls if c != ("write", "c")] == [
+            ("copy", "a"),
+            ("delete", "a"),
+            ("write", "a"),
+            ("delete", "a"),
+        ]
+        objects = store(backend).objects
+        assert objects["b"][0] == b"v1" and objects["b"][1]["mode"] == "33261"
+        assert objects["c"][0] == b"v2" and "a" not in objects
+
+
+async def test_permanent_error_is_raised_and_quarantined(tmp_path: Path) -> None:
+    primary, secondary = remotes()
+    primary.fail_next("write_bytes", 1, PermissionDenied)
+    async with running(tmp_path, (primary, secondary)) as chain:
+        with pytest.raises(PermissionDenied):
+            await chain.write_bytes("refused", b"x", META)
+        assert await chain.flush(5)  # nothing left to retry
+        assert chain.journal.stats()["quarantined"] == 2  # the primary's, and the abandoned rest
+        assert chain.status()["degraded"]
+        with pytest.raises(NotFound):
+            await chain.stat("refused")
+        quarantine = chain.journal.quarantine_dir
+        assert len(list(quarantine.glob("*.json"))) == 2 and list(quarantine.glob("*.data"))
+    assert "refused" not in store(primary).objects
+
+
+async def test_permanent_error_in_write_back_mode(tmp_path: Path) -> None:
+    primary, secondary = remotes()
+    primary.fail_next("write_bytes", 1, PermissionDenied)
+    async with running(tmp_path, (primary, secondary), write_mode="back") as chain:
+        await chain.write_bytes("refused", b"x", META)  # journaled: the caller hears success
+        assert await chain.flush(5)
+        assert chain.replayer.stats()["primary"]["quarantined"] == 1
+        assert chain.journal.stats()["quarantined"] == 1
+        assert primary.calls["write_bytes"] == 1  # not retried forever
+    assert "refused" not in store(primary).objects
+    assert contents(secondary) == {"refused": b"x"}
+
+
+async def test_flush_reports_whether_drained(tmp_path: Path) -> None:
+    primary, secondary = remotes()
+    secondary.set_down()
+    async with running(tmp_path, (primary, secondary)) as chain:
+        await chain.write_bytes("a", b"x", META)
+        assert not await chain.flush(0.2)
+        secondary.set_up()
+        assert await chain.flush(None)
+        assert chain.journal.drained()
+
+
+async def test_degraded_start_and_recovery(tmp_path: Path) -> None:
+    primary, secondary = remotes()
+    await store(secondary).write_bytes("seen", b"on secondary", META)
+    primary.set_down(BackendUnavailable)
+    async with running(tmp_path, (primary, secondary)) as chain:
+        status = chain.status()
+        assert status["remotes"][0]["reachable"] is False and status["degraded"]
+        assert await chain.read("seen", 0, 100) == b"on secondary"
+        await chain.write_bytes("a", b"x", META)
+        primary.set_up()
+        assert await chain.flush(5)
+        assert contents(primary) == {"a": b"x"}
+        assert not chain.status()["degraded"]
+
+
+async def test_pending_writes_survive_a_restart(tmp_path: Path) -> None:
+    primary, secondary = remotes()
+    primary.set_down()
+    secondary.set_down()
+    async with running(tmp_path, (primary, secondary), write_mode="back") as chain:
+        await chain.write_bytes("a", b"before the crash", META)
+        await chain.delete("x")
+    primary.set_up()
+    secondary.set_up()
+    async with running(tmp_path, (primary, secondary), start=False) as chain:
+        # Visible before the replayer even starts.
+        assert await chain.read("a", 0, 100) == b"before the crash"
+        assert "a" not in store(primary).objects
+    async with running(tmp_path, (primary, secondary)) as chain:
+        assert await chain.flush(5)
+    assert contents(primary) == contents(secondary) == {"a": b"before the crash"}
+
+
+async def test_rate_limit_paces_replay(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async def replay_time(limit: int) -> float:
+        backends = remotes()
+        directory = tmp_path / str(limit)
+        async with running(
+            directory, backends, start=False, write_mode="back", replay_bytes_per_second=limit
+        ) as chain:
+            for i in range(5):
+                await chain.write_bytes(f"k{i}", bytes(10_000), META)
+            start = trio.current_time()
+            async with trio.open_nursery() as nursery:
+                await nursery.start(chain.run)
+                assert await chain.flush(None)  # no deadline: MockClock jumps while threads work
+                chain.stop()
+            assert (
+                contents(backends[0])
+                == contents(backends[1])
+                == {f"k{i}": bytes(10_000) for i in range(5)}
+            )
+            return trio.current_time() - start
+
+    # 2 targets x 5 objects x 10 kB at 20 kB/s: the first upload starts at once, then one
+    # every 0.5 s.
+    paced = await replay_time(20_000)
+    assert 4.5 <= paced < 6
+    assert await replay_time(0) < 1
+
+
+async def test_breaker_and_replayer_together(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    faulty_primary, faulty_secondary = remotes()
+    s = settings(tmp_path, breaker_failures=2, breaker_reset=5.0, retry_attempts=2)
+    policy = RetryPolicy.from_settings(s)
+    primary = ResilientBackend(faulty_primary, policy)
+    secondary = ResilientBackend(faulty_secondary, policy)
+    faulty_primary.set_down(TransientError)
+    async with running(
+        tmp_path, (primary, secondary), breaker_failures=2, breaker_reset=5.0, retry_attempts=2
+    ) as chain:
+        for i in range(5):
+            await chain.write_bytes(f"k{i}", b"x", META)
+        await trio.sleep(30)
+        assert primary.breaker_state == "open"
+        calls_while_open = faulty_primary.calls["write_bytes"]
+        await trio.sleep(30)
+        # While down, only the breaker's half-open probes reach the store, not every entry.
+        assert faulty_primary.calls["write_bytes"] - calls_while_open <= 30 / 5 + 1
+        faulty_primary.set_up()
+        assert await chain.flush(None)
+    assert contents(faulty_primary) == contents(faulty_secondary)
+    assert len(contents(faulty_primary)) == 5
+
+
+async def test_status_shape(tmp_path: Path) -> None:
+    primary, secondary = remotes()
+    async with running(tmp_path, (primary, secondary)) as chain:
+        await chain.write_bytes("a", b"x", META)
+        status = chain.status()
+    assert set(status) == {
+        "name",
+        "write_mode",
+        "degraded",
+        "degraded_reasons",
+        "remotes",
+        "journal",
+        "cache",
+        "stale_reads",
+        "journal_only_writes",
+    }
+    assert [r["role"] for r in status["remotes"]] == ["primary", "secondary"]
+    assert status["cache"]["objects"] == 1 and status["journal"]["max_bytes"] > 0
+    assert status["remotes"][0]["replay"]["applied"] == 1

@@ -1,0 +1,368 @@
+"""The durable journal: appends, acknowledgement, limits, and recovery after crashes and rot."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import trio
+
+from storagefs.backends.base import NoSpace, NotFound
+from storagefs.journal import Journal, Op
+
+TARGETS = ["primary", "secondary"]
+META = {"mode": "33188", "uid": "1000", "gid": "1000", "mtime": "1700000000"}
+BIG = 200 * 1024  # above the inline limit: stored as a content file
+
+
+def payload(size: int, seed: int = 0) -> bytes:
+    block = hashlib.sha256(str(seed).encode()).digest()
+    return (block * (size // len(block) + 1))[:size]
+
+
+async def opened(directory: Path, max_bytes: int = 10**9) -> Journal:
+    journal = Journal(directory, TARGETS, max_bytes)
+    await journal.open()
+    return journal
+
+
+async def apply_all(journal: Journal) -> None:
+    for target in TARGETS:
+        for entry in list(journal.pending(target)):
+            await journal.mark_applied(entry.seq, target)
+
+
+def content_files(directory: Path) -> list[Path]:
+    return sorted((directory / "content").iterdir())
+
+
+async def test_append_keeps_order_and_content(tmp_path: Path) -> None:
+    journal = await opened(tmp_path / "j")
+    src = tmp_path / "src"
+    src.write_bytes(payload(BIG))
+    put = await journal.append_put("a", src, META)
+    small = await journal.append_put_bytes("b", b"tiny", META)
+    copy = await journal.append_copy("x", "c", None, size=7)
+    delete = await journal.append_delete("a")
+
+    assert [e.seq for e in journal.pending("primary")] == [put.seq, small.seq, copy.seq, delete.seq]
+    assert put.seq < small.seq < copy.seq < delete.seq
+    assert put.content is not None and small.inline
+    assert put.sha256 == hashlib.sha256(payload(BIG)).hexdigest()
+    assert await journal.read_content(put, 10, 5) == payload(BIG)[10:15]
+    assert await journal.read_content(small, 0, 100) == b"tiny"
+    assert journal.latest("a") is delete  # the newest truth for the overlay
+    assert journal.latest("c") is copy and copy.keys() == ("c", "x")
+    assert set(journal.latest_under("")) == {"a", "b", "c"}
+    # The caller's file keeps changing after the append: the journal has its own copy.
+    src.write_bytes(b"changed")
+    assert await journal.read_content(put, 0, 8) == payload(BIG)[:8]
+    await journal.close()
+
+
+async def test_entry_goes_when_every_target_applied(tmp_path: Path) -> None:
+    journal = await opened(tmp_path / "j")
+    entry = await journal.append_put_bytes("a", payload(BIG), META)
+    assert len(content_files(tmp_path / "j")) == 1
+
+    await journal.mark_applied(entry.seq, "primary")
+    assert journal.pending_targets(entry.seq) == {"secondary"}
+    assert journal.latest("a") is entry
+    assert not journal.drained()
+
+    await journal.mark_applied(entry.seq, "secondary")
+    assert journal.entry(entry.seq) is None and journal.latest("a") is None
+    assert journal.drained() and journal.stats()["pending_bytes"] == 0
+    await journal.barrier()  # the content file goes once the ack is surely on disk
+    assert content_files(tmp_path / "j") == []
+    await journal.close()
+
+    journal = await opened(tmp_path / "j")
+    assert len(journal) == 0
+    await journal.close()
+
+
+async def test_reopen_shows_pending_entries_and_progress(tmp_path: Path) -> None:
+    journal = await opened(tmp_path / "j")
+    a = await journal.append_put_bytes("a", payload(BIG, 1), META)
+    b = await journal.append_put_bytes("b", b"small", {"mode": "1"})
+    d = await journal.append_delete("c")
+    await journal.mark_applied(a.seq, "primary")
+    await journal.record_failure(b.seq, "secondary", "TransientError: boom")
+    await journal.close()
+
+    journal = await opened(tmp_path / "j")
+    assert [e.seq for e in journal.pending("primary")] == [b.seq, d.seq]
+    assert [e.seq for e in journal.pending("secondary")] == [a.seq, b.seq, d.seq]
+    again = journal.latest("a")
+    assert again is not None and await journal.read_content(again, 0, BIG) == payload(BIG, 1)
+    progress = journal.progress(b.seq, "secondary")
+    assert progress is not None and progress.attempts == 1 and "boom" in str(progress.last_error)
+    newer = await journal.append_delete("z")
+    assert newer.seq > d.seq  # seqs never go back, even after a restart
+    await journal.close()
+
+
+async def test_no_space_refuses_without_evicting(tmp_path: Path) -> None:
+    journal = await opened(tmp_path / "j", max_bytes=100_000)
+    first = await journal.append_put_bytes("a", payload(60_000), META)
+    with pytest.raises(NoSpace):
+        await journal.append_put_bytes("b", payload(50_000), META)
+    src = tmp_path / "src"
+    src.write_bytes(payload(50_000))
+    with pytest.raises(NoSpace):
+        await journal.append_put("b", src, META)
+    await journal.append_delete("c")  # takes no content space
+    assert journal.latest("a") is first and len(content_files(tmp_path / "j")) == 0
+    assert journal.stats()["pending_bytes"] == 60_000
+
+    await apply_all(journal)
+    await journal.append_put("b", src, META)  # fits once the first is on every target
+    await journal.close()
+
+
+async def test_copy_of_pending_put_shares_its_content(tmp_path: Path) -> None:
+    journal = await opened(tmp_path / "j")
+    put = await journal.append_put_bytes("a", payload(BIG), META)
+    copy = await journal.append_copy("a", "b", None)
+    assert copy.op is Op.PUT and copy.key == "b" and copy.sha256 == put.sha256
+    assert copy.metadata == META
+    put_path, copy_path = journal.content_path(put), journal.content_path(copy)
+    assert put_path is not None and copy_path is not None and put_path != copy_path
+    assert put_path.stat().st_ino == copy_path.stat().st_ino  # a hard link, not a copy
+
+    small = await journal.append_put_bytes("s", b"inline", META)
+    moved = await journal.append_copy("s", "t", {"mode": "2"})
+    assert moved.op is Op.PUT and moved.metadata == {"mode": "2"} and small.inline
+    assert await journal.read_content(moved, 0, 10) == b"inline"
+
+    await journal.append_delete("a")
+    with pytest.raises(NotFound):
+        await journal.append_copy("a", "z", None)
+    await journal.close()
+
+
+async def test_owned_source_is_taken_over(tmp_path: Path) -> None:
+    journal = await opened(tmp_path / "j")
+    src = tmp_path / "j" / "staged"  # same file system: renamed, not copied
+    src.write_bytes(payload(BIG))
+    inode = src.stat().st_ino
+    entry = await journal.append_put("a", src, META, owned=True)
+    path = journal.content_path(entry)
+    assert not src.exists() and path is not None and path.stat().st_ino == inode
+    small = tmp_path / "small"
+    small.write_bytes(b"x")
+    await journal.append_put("b", small, META, owned=True)
+    assert not small.exists()
+    await journal.close()
+
+
+async def test_quarantine_of_one_target(tmp_path: Path) -> None:
+    journal = await opened(tmp_path / "j")
+    entry = await journal.append_put_bytes("a", payload(BIG), META)
+    await journal.quarantine(entry.seq, "primary", "PermissionDenied: no")
+    assert journal.pending_targets(entry.seq) == {"secondary"}
+    described = json.loads(
+        (tmp_path / "j" / "quarantine" / f"{entry.seq}-primary.json").read_text()
+    )
+    assert described["key"] == "a" and described["target"] == "primary"
+    assert "PermissionDenied" in described["reason"]
+    kept = tmp_path / "j" / "quarantine" / f"{entry.seq}-primary.data"
+    assert kept.read_bytes() == payload(BIG)
+    assert journal.stats()["quarantined"] == 1
+    await journal.close()
+
+
+# --- recovery ------------------------------------------------------------------------------------
+
+CHILD = textwrap.dedent(
+    """
+    import os, sys, trio
+    from pathlib import Path
+    from storagefs.journal import Journal
+
+    directory, point = Path(sys.argv[1]), sys.argv[2]
+    original = Journal._insert
+
+    def insert(self, *args, **kwargs):
+        if point == "before-commit":
+            os._exit(0)  # the content file is written and fsync'd, the row is not
+        seq = original(self, *args, **kwargs)
+        if point == "after-commit":
+            os._exit(0)  # committed, the caller never heard back
+        return seq
+
+    Journal._insert = insert
+
+    async def main():
+        journal = Journal(directory, ["primary", "secondary"], 10**9)
+        await journal.open()
+        await journal.append_put_bytes("k", bytes(range(256)) * 1024, {"mode": "1"})
+
+    trio.run(main)
+    """
+)
+
+
+@pytest.mark.parametrize("point", ["before-commit", "after-commit"])
+async def test_crash_between_content_and_commit(tmp_path: Path, point: str) -> None:
+    directory = tmp_path / "j"
+    with trio.fail_after(60):
+        await trio.run_process([sys.executable, "-c", CHILD, str(directory), point])
+    assert len(content_files(directory)) == 1  # the child got as far as the content
+
+    journal = await opened(directory)
+    if point == "before-commit":
+        # Never acknowledged: no entry, and its content file is cleaned up.
+        assert len(journal) == 0 and content_files(directory) == []
+        assert journal.recovered_orphans == 1
+    else:
+        entry = journal.latest("k")
+        assert entry is not None and entry.op is Op.PUT
+        assert await journal.read_content(entry, 0, 10**6) == bytes(range(256)) * 1024
+        assert journal.pending_targets(entry.seq) == set(TARGETS)
+    await journal.close()
+
+
+WRITER = textwrap.dedent(
+    """
+    import hashlib, sys, trio
+    from pathlib import Path
+    from storagefs.journal import Journal
+
+    async def main():
+        journal = Journal(Path(sys.argv[1]), ["primary", "secondary"], 10**10)
+        await journal.open()
+        for i in range(100000):
+            data = hashlib.sha256(str(i).encode()).digest() * (1 + (i % 7) * 1000)
+            entry = await journal.append_put_bytes(f"k{i}", data, {"mode": "1"})
+            print(entry.seq, f"k{i}", entry.sha256, flush=True)
+
+    trio.run(main)
+    """
+)
+
+
+def run_writer_until_killed(directory: Path, acks: int) -> list[tuple[int, str, str]]:
+    """Run WRITER, SIGKILL it after ``acks`` acknowledged appends; those acknowledgements."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(directory)], stdout=subprocess.PIPE, text=True
+    )
+    acked: list[tuple[int, str, str]] = []
+    try:
+        assert proc.stdout is not None
+        while len(acked) < acks:
+            line = proc.stdout.readline()
+            assert line, "the writer died early"
+            seq, key, sha = line.split()
+            acked.append((int(seq), key, sha))
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        if proc.stdout is not None:
+            proc.stdout.close()
+    return acked
+
+
+async def test_sigkill_loses_no_acknowledged_append(tmp_path: Path) -> None:
+    directory = tmp_path / "j"
+    acked = await trio.to_thread.run_sync(run_writer_until_killed, directory, 40)
+
+    journal = await opened(directory, max_bytes=10**10)
+    for seq, key, sha in acked:
+        entry = journal.entry(seq)
+        assert entry is not None and entry.key == key and entry.sha256 == sha
+        data = await journal.read_content(entry, 0, 10**7)
+        assert hashlib.sha256(data).hexdigest() == sha
+    assert journal.stats()["quarantined"] == 0
+    await journal.close()
+
+
+async def test_corrupt_content_is_quarantined(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    directory = tmp_path / "j"
+    journal = await opened(directory)
+    rotten = await journal.append_put_bytes("rotten", payload(BIG, 1), META)
+    missing = await journal.append_put_bytes("missing", payload(BIG, 2), META)
+    fine = await journal.append_put_bytes("fine", payload(BIG, 3), META)
+    rotten_path, missing_path = journal.content_path(rotten), journal.content_path(missing)
+    await journal.close()
+    assert rotten_path is not None and missing_path is not None
+    with open(rotten_path, "r+b") as f:
+        f.seek(1000)
+        f.write(b"\x00rot")
+    missing_path.unlink()
+
+    with caplog.at_level(logging.ERROR, logger="storagefs.journal"):
+        journal = await opened(directory)
+    assert [e.key for e in journal.pending("primary")] == ["fine"]
+    assert journal.stats()["quarantined"] == 2
+    quarantine = directory / "quarantine"
+    reasons = {
+        json.loads(p.read_text())["key"]: json.loads(p.read_text())["reason"]
+        for p in quarantine.glob("*.json")
+    }
+    assert "checksum" in reasons["rotten"] and "missing" in reasons["missing"]
+    assert (quarantine / f"{rotten.seq}-recovery.data").exists()  # the bytes are kept
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 2 and all("quarantine" in r.getMessage() for r in errors)
+    assert fine.seq in {e.seq for e in journal.pending("secondary")}
+    await journal.close()
+
+
+async def test_undecodable_row_is_quarantined(tmp_path: Path) -> None:
+    directory = tmp_path / "j"
+    journal = await opened(directory)
+    bad = await journal.append_put_bytes("bad", b"data", META)
+    await journal.append_delete("good")
+    await journal.close()
+    db = sqlite3.connect(directory / "journal.db")
+    db.execute("UPDATE entries SET metadata = 'not json' WHERE seq = ?", (bad.seq,))
+    db.commit()
+    db.close()
+
+    journal = await opened(directory)
+    assert [e.key for e in journal.pending("primary")] == ["good"]
+    described = json.loads((directory / "quarantine" / f"{bad.seq}-recovery.json").read_text())
+    assert "decode" in described["reason"] and described["key"] == "bad"
+    assert (directory / "quarantine" / f"{bad.seq}-recovery.data").read_bytes() == b"data"
+    await journal.close()
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+async def test_corrupt_index_is_moved_aside(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: str
+) -> None:
+    directory = tmp_path / "j"
+    journal = await opened(directory)
+    for i in range(50):
+        await journal.append_put_bytes(f"k{i}", payload(BIG if i == 0 else 3000, i), META)
+    await journal.close()
+    db_path = directory / "journal.db"
+    if damage == "garbage":
+        db_path.write_bytes(b"this is not a database" * 100)
+    else:
+        with open(db_path, "r+b") as f:
+            f.truncate(db_path.stat().st_size // 2)
+
+    with caplog.at_level(logging.ERROR, logger="storagefs.journal"):
+        journal = await opened(directory)
+    assert len(journal) == 0
+    moved = list((directory / "quarantine").glob("index-*"))
+    assert len(moved) == 1
+    assert (moved[0] / "journal.db").exists() and len(list((moved[0] / "content").iterdir())) == 1
+    assert any("unreadable" in r.getMessage() for r in caplog.records)
+    entry = await journal.append_put_bytes("after", b"works", META)  # a fresh, usable journal
+    await journal.close()
+    journal = await opened(directory)
+    assert journal.latest("after") is not None and journal.latest("after").seq == entry.seq  # type: ignore[union-attr]
+    await journal.close()
