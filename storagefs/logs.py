@@ -1,11 +1,83 @@
-"""Log set-up: readable lines by default, JSON lines with --log-format json."""
+"""Log set-up: readable lines by default, JSON lines with --log-format json.
+
+Every line carries the id of the request it belongs to (``request_id``), set per FUSE request
+with :func:`correlation`: one ``cp`` that fails shows up as a handful of lines (lookup, open,
+retries, fallback) sharing one id, instead of lines interleaved with every other request. The
+id is a ``contextvars`` variable, so it follows the request into its trio child tasks and into
+``trio.to_thread`` workers, and never leaks into a concurrent request.
+
+Every line also passes through :mod:`storagefs.redact` before it is written.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import itertools
 import json
 import logging
 import sys
 import time
+from collections.abc import Iterator
+
+from storagefs.redact import redact
+
+request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "storagefs_request_id", default=None
+)
+_next_id = itertools.count(1)
+
+# Loggers of libraries that are chatty at INFO, or that print request URLs (with SAS tokens)
+# and headers at DEBUG: never below WARNING, whatever level the daemon runs at.
+QUIET_LOGGERS = (
+    "botocore",
+    "boto3",
+    "s3transfer",
+    "urllib3",
+    "requests",
+    "azure",
+    "msal",
+    "newrelic",
+)
+
+
+@contextlib.contextmanager
+def correlation(prefix: str = "req") -> Iterator[str]:
+    """``with correlation("fuse") as rid:`` tags every log line inside with ``fuse-<n>``."""
+    rid = f"{prefix}-{next(_next_id):x}"
+    token = request_id.set(rid)
+    try:
+        yield rid
+    finally:
+        request_id.reset(token)
+
+
+class CorrelationFilter(logging.Filter):
+    """Puts the current ``request_id`` on every record (unless the call gave one)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "request_id", None) is None:
+            record.request_id = request_id.get()
+        return True
+
+
+class RedactingFilter(logging.Filter):
+    """Scrubs secrets from the formatted message; the record then carries the clean text."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:
+            return True  # let the handler report the broken format call as usual
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        if record.exc_info and not record.exc_text:
+            text = logging.Formatter().formatException(record.exc_info)
+            record.exc_text = redact(text)
+        elif record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -21,22 +93,33 @@ class JsonFormatter(logging.Formatter):
             value = getattr(record, attr, None)
             if value is not None:
                 doc[attr] = value
-        if record.exc_info:
+        if record.exc_text:
+            doc["exception"] = record.exc_text
+        elif record.exc_info:
             doc["exception"] = self.formatException(record.exc_info)
         return json.dumps(doc)
 
 
+class TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        rid = getattr(record, "request_id", None)
+        if rid is None:
+            return text
+        first, newline, rest = text.partition("\n")
+        return f"{first} [{rid}]{newline}{rest}"
+
+
 def setup_logging(level: str, fmt: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-        )
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(CorrelationFilter())
+    handler.addFilter(RedactingFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # The SDKs are chatty at INFO (every connection); our own lines say what matters.
-    for noisy in ("botocore", "boto3", "s3transfer", "urllib3", "azure"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    for quiet in QUIET_LOGGERS:
+        logging.getLogger(quiet).setLevel(max(logging.WARNING, logging.getLevelName(level)))
