@@ -192,5 +192,34 @@ def unmount(mountpoint: Path) -> None:
     click.echo(f"storagefs: unmounted {mountpoint}")
 
 
+@main.command()
+@click.argument("mountpoint", required=False, type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the raw status.json.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1),
+    default=5.0,
+    show_default=True,
+    help="Seconds to wait for the mount to answer.",
+)
+def health(mountpoint: Path | None, as_json: bool, timeout: float) -> None:
+    """Show the health of a mount (default: the only storagefs mount).
+
+    Exit code 0 ok, 1 degraded, 2 down or not answering.
+    """
+    from storagefs import probe
+
+    try:
+        target = mountpoint if mountpoint is not None else probe.default_mountpoint()
+        files = probe.read_health(target, timeout)
+    except probe.ProbeError as exc:
+        fail(str(exc), probe.EXIT_UNKNOWN)
+    if as_json:
+        click.echo(probe.as_json(files), nl=False)
+    else:
+        probe.render(target, files)
+    sys.exit(probe.exit_code(files.state))
+
+
 if __name__ == "__main__":
     main()
