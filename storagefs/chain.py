@@ -218,101 +218,135 @@ class FallbackChain:
 
     # --- reads -----
 
-    def _source_on(self, entry: Entry, remote: Backend) -> str:
-        """Where a pending COPY's content is on ``remote``: the source until it applied the
-        copy (later changes to the source wait for the copy), the destination after."""
-        assert entry.src is not None
-        return entry.src if remote.name in self.journal.pending_targets(entry.seq) else entry.key
+    def _where(self, key: str, entry: Entry | None, remote: Backend) -> str | Entry | None:
+        """Where the content ``key`` has now is, for a read through ``remote``: a key on that
+        remote, a pending PUT (its content is in the journal), or None (deleted).
+
+        ``entry`` is the newest pending entry of ``key``. A pending COPY's content is its
+        source's as of the copy: on a remote that has not applied the copy yet, that is the
+        source key there (later changes to the source wait for the copy) — unless an older
+        entry of the source is pending on that remote too, which is then followed instead.
+        """
+        while entry is not None:
+            if entry.op is Op.PUT:
+                return entry
+            if entry.op is Op.DELETE:
+                return None
+            if not self.journal.is_pending(entry.seq, remote.name):
+                return entry.key
+            assert entry.src is not None
+            key = entry.src
+            entry = self.journal.latest_before(key, entry.seq)
+            if entry is not None and not self.journal.is_pending(entry.seq, remote.name):
+                return key
+        return key
+
+    async def _through(
+        self,
+        key: str,
+        entry: Entry | None,
+        remote_op: Callable[[Backend, str], Awaitable[T]],
+        local_op: Callable[[Entry], Awaitable[T]],
+    ) -> T:
+        """The first answer for ``key`` from the remotes in order, each asked where
+        :meth:`_where` says; _AllDown when none answers."""
+        last: BaseException | None = None
+        for remote in self.remotes:
+            where = self._where(key, entry, remote)
+            if where is None:
+                await trio.lowlevel.checkpoint()
+                raise NotFound(key)
+            if isinstance(where, Entry):
+                return await local_op(where)
+            try:
+                result = await remote_op(remote, where)
+            except _NOT_ANSWERING as exc:
+                self._saw(remote.name, exc)
+                last = exc
+                continue
+            except BackendError:
+                self._saw(remote.name, None)  # an answer, if a negative one: authoritative
+                raise
+            self._saw(remote.name, None)
+            return result
+        raise _AllDown(last)
+
+    @staticmethod
+    def _pending_info(key: str, entry: Entry, metadata: Mapping[str, str] | None) -> ObjectInfo:
+        return ObjectInfo(key, entry.size, entry.created, None, dict(metadata or {}))
 
     async def stat(self, key: str) -> ObjectInfo:
         entry = self.journal.latest(key)
-        if entry is not None:
+        if entry is not None and entry.op is not Op.COPY:
+            await trio.lowlevel.checkpoint()
             if entry.op is Op.DELETE:
-                await trio.lowlevel.checkpoint()
                 raise NotFound(key)
-            metadata = entry.metadata
-            if metadata is None:  # a COPY keeping its source's metadata
-                try:
-                    metadata = (
-                        await self._first_answer(lambda r: r.stat(self._source_on(entry, r)))
-                    ).metadata
-                except _AllDown:
-                    cached = self.cache.info(key)
-                    metadata = cached.metadata if cached is not None else {}
-            else:
-                await trio.lowlevel.checkpoint()
-            return ObjectInfo(key, entry.size, entry.created, None, dict(metadata or {}))
+            return self._pending_info(key, entry, entry.metadata)
+        if entry is not None and entry.metadata is not None:
+            await trio.lowlevel.checkpoint()
+            return self._pending_info(key, entry, entry.metadata)
+
+        async def local(put: Entry) -> ObjectInfo:
+            await trio.lowlevel.checkpoint()
+            return self._pending_info(key, put, put.metadata)
+
         try:
-            return await self._first_answer(lambda r: r.stat(key))
+            info = await self._through(key, entry, lambda r, k: r.stat(k), local)
         except _AllDown as down:
             cached = self.cache.info(key)
             if cached is None:
                 raise self._unavailable(key, down) from None
             self._stale(key)
             return cached
+        if entry is not None:  # a pending COPY keeping its source's metadata
+            return self._pending_info(key, entry, info.metadata)
+        return info
 
     async def read(self, key: str, offset: int, length: int) -> bytes:
+        async def local(put: Entry) -> bytes:
+            return await self.journal.read_content(put, offset, length)
+
         for _ in range(3):  # a pending entry may finish while we read it: then ask again
             entry = self.journal.latest(key)
             try:
-                if entry is None:
-                    return await self._remote_read(key, key, offset, length)
-                if entry.op is Op.DELETE:
-                    raise NotFound(key)
-                if entry.op is Op.PUT:
-                    return await self.journal.read_content(entry, offset, length)
-                return await self._remote_read(key, entry, offset, length)
+                return await self._through(
+                    key, entry, lambda r, k: r.read(k, offset, length), local
+                )
             except ContentGone:
                 continue
-        return await self._remote_read(key, key, offset, length)
-
-    async def _remote_read(self, key: str, where: str | Entry, offset: int, length: int) -> bytes:
-        def call(r: Backend) -> Awaitable[bytes]:
-            source = where if isinstance(where, str) else self._source_on(where, r)
-            return r.read(source, offset, length)
-
-        try:
-            return await self._first_answer(call)
-        except _AllDown as down:
-            data = await self.cache.read(key, offset, length)
-            if data is None:
-                raise self._unavailable(key, down) from None
-            self._stale(key)
-            return data
+            except _AllDown as down:
+                data = await self.cache.read(key, offset, length)
+                if data is None:
+                    raise self._unavailable(key, down) from None
+                self._stale(key)
+                return data
+        raise BackendUnavailable(f"{key!r} keeps changing under the read")
 
     async def download(self, key: str, dest: str) -> ObjectInfo:
+        async def local(put: Entry) -> ObjectInfo:
+            await self.journal.copy_content(put, dest)
+            return self._pending_info(key, put, put.metadata)
+
         for _ in range(3):
             entry = self.journal.latest(key)
             try:
-                if entry is not None and entry.op is Op.DELETE:
-                    raise NotFound(key)
-                if entry is not None and entry.op is Op.PUT:
-                    await self.journal.copy_content(entry, dest)
-                    assert entry.metadata is not None
-                    return ObjectInfo(key, entry.size, entry.created, None, dict(entry.metadata))
-                return await self._remote_download(key, entry, dest)
+                info = await self._through(key, entry, lambda r, k: r.download(k, dest), local)
             except ContentGone:
                 continue
-        return await self._remote_download(key, None, dest)
-
-    async def _remote_download(self, key: str, entry: Entry | None, dest: str) -> ObjectInfo:
-        def call(r: Backend) -> Awaitable[ObjectInfo]:
-            return r.download(key if entry is None else self._source_on(entry, r), dest)
-
-        try:
-            info = await self._first_answer(call)
-        except _AllDown as down:
-            cached = await self.cache.download(key, dest)
-            if cached is None:
-                raise self._unavailable(key, down) from None
-            self._stale(key)
-            return cached
-        if entry is not None:  # the content of a pending copy, under its new name
-            meta = entry.metadata if entry.metadata is not None else info.metadata
-            info = ObjectInfo(key, info.size, info.mtime, info.etag, meta)
-        else:
-            await self._cache_best_effort(self.cache.store_copy(key, dest, info))
-        return info
+            except _AllDown as down:
+                cached = await self.cache.download(key, dest)
+                if cached is None:
+                    raise self._unavailable(key, down) from None
+                self._stale(key)
+                return cached
+            if entry is None:
+                await self._cache_best_effort(self.cache.store_copy(key, dest, info))
+                return info
+            if entry.op is Op.COPY:  # the content of a pending copy, under its new name
+                meta = entry.metadata if entry.metadata is not None else info.metadata
+                return ObjectInfo(key, info.size, info.mtime, info.etag, meta)
+            return info
+        raise BackendUnavailable(f"{key!r} keeps changing under the download")
 
     async def list(
         self,

@@ -197,9 +197,10 @@ class Replayer:
         not running, since no answer would come in time.
         """
         key = (seq, target)
-        if target not in self.journal.pending_targets(seq):
+        known = self._recent.get(key)  # decided, perhaps not yet acknowledged in the journal
+        if known is not None or not self.journal.is_pending(seq, target):
             await trio.lowlevel.checkpoint()
-            return self._recent.get(key, Result(Outcome.APPLIED))
+            return known or Result(Outcome.APPLIED)
         if not self.running or not self.state[target].up:
             await trio.lowlevel.checkpoint()
             return Result(Outcome.UNAVAILABLE)
@@ -308,17 +309,18 @@ class Replayer:
             log.exception("replaying entry %d to %s failed unexpectedly", entry.seq, target)
             await self._not_answering(target, entry, state, started_up, exc)
         else:
-            self._record((entry.seq, target), Result(Outcome.APPLIED, info=info))
-            await self.journal.mark_applied(entry.seq, target)
             state.applied += 1
             if not state.up:
                 log.warning("%s answers again; replaying its pending journal entries", target)
             state.up = True
             state.backoff = 0.0
             state.last_error = None
+            # The writer may go on before the ack is committed: its data is durable already,
+            # and an ack lost to a crash only means applying the entry once more.
             self._resolve((entry.seq, target), Result(Outcome.APPLIED, info=info))
             if self.on_result is not None:
                 self.on_result(target, None)
+            await self.journal.mark_applied(entry.seq, target)
 
     async def _perform(self, backend: Backend, entry: Entry) -> ObjectInfo | None:
         if entry.op is Op.PUT:

@@ -4,6 +4,7 @@ lost, the replayer keeps per-key order, and the overlay shows pending state at o
 from __future__ import annotations
 
 import hashlib
+import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -213,6 +214,32 @@ async def test_pending_state_is_visible_in_the_overlay(tmp_path: Path) -> None:
             "f/kept": b"1",
         }
     )
+
+
+async def test_renames_of_renames_read_through_while_pending(tmp_path: Path) -> None:
+    primary, secondary = remotes()
+    for backend in (primary, secondary):
+        await store(backend).write_bytes("a", b"original", META)
+        backend.hang(WRITES)
+    async with running(tmp_path, (primary, secondary), write_mode="back") as chain:
+        await chain.copy("a", "b")  # a real server-side copy: a is on the remotes
+        await chain.delete("a")
+        await chain.copy("b", "c")  # b exists only as a pending copy of a
+        await chain.delete("b")
+        await chain.copy("c", "d", {"mode": "1"})
+        assert await chain.read("c", 0, 100) == b"original"
+        assert await chain.read("d", 0, 100) == b"original"
+        assert (await chain.stat("d")).metadata == {"mode": "1"}
+        dest = tmp_path / "dl"
+        await chain.download("c", str(dest))
+        assert dest.read_bytes() == b"original"
+        assert keys(await chain.list("")) == ["c", "d"]
+        primary.release()
+        secondary.release()
+        assert await chain.flush(5)
+        assert await chain.read("c", 0, 100) == b"original"
+    for backend in (primary, secondary):
+        assert contents(backend) == {"c": b"original", "d": b"original"}
 
 
 async def test_listing_continues_on_the_secondary_mid_way(tmp_path: Path) -> None:
@@ -477,3 +504,51 @@ async def test_status_shape(tmp_path: Path) -> None:
     assert [r["role"] for r in status["remotes"]] == ["primary", "secondary"]
     assert status["cache"]["objects"] == 1 and status["journal"]["max_bytes"] > 0
     assert status["remotes"][0]["replay"]["applied"] == 1
+
+
+@pytest.mark.parametrize(("seed", "mode"), [(1, "back"), (2, "through"), (3, "back")])
+async def test_random_operations_match_a_model(tmp_path: Path, seed: int, mode: str) -> None:
+    """Random writes, copies, renames and deletes over a few keys while every other write
+    call to each remote fails: the chain always reads like the model, and once drained both
+    remotes hold exactly the model."""
+    rng = random.Random(seed)
+    primary, secondary = remotes()
+    primary.flap(TransientError, WRITES)
+    secondary.flap(TransientError, WRITES)
+    model: dict[str, bytes] = {}
+    names = [f"k{i}" for i in range(6)]
+    async with running(tmp_path, (primary, secondary), write_mode=mode, replay_workers=3) as chain:
+        for _ in range(120):
+            key, other = rng.choice(names), rng.choice(names)
+            roll = rng.random()
+            if roll < 0.45:
+                data = rng.randbytes(rng.choice([5, 70_000]))  # inline and content file
+                await chain.write_bytes(key, data, META)
+                model[key] = data
+            elif roll < 0.65:
+                await chain.delete(key)
+                model.pop(key, None)
+            elif key not in model:
+                with pytest.raises(NotFound):
+                    await chain.copy(key, other)
+            else:
+                await chain.copy(key, other)
+                model[other] = model[key]
+                if roll > 0.85 and other != key:  # a rename
+                    await chain.delete(key)
+                    del model[key]
+            probe = rng.choice(names)
+            if probe in model:
+                assert await chain.read(probe, 0, 10**6) == model[probe]
+            else:
+                with pytest.raises(NotFound):
+                    await chain.stat(probe)
+            if rng.random() < 0.2:
+                await trio.sleep(0.005)  # let the replayer catch up part of the way
+        assert keys(await list_all(chain)) == sorted(model)
+        primary.reset()
+        secondary.reset()
+        assert await chain.flush(20)
+        assert keys(await list_all(chain)) == sorted(model)
+    assert contents(primary) == model
+    assert contents(secondary) == model
