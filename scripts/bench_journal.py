@@ -21,6 +21,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from storagefs.cache import Cache
 from storagefs.chain import FallbackChain
 from storagefs.config import Settings
 from storagefs.journal import Journal
@@ -45,8 +46,6 @@ async def chain_run(directory: Path, count: int, size: int, mode: str, inline_ma
     journal = Journal(
         directory / "journal", ["primary", "secondary"], 10**10, inline_max=inline_max
     )
-    from storagefs.cache import Cache
-
     chain = FallbackChain(remotes, journal, Cache(directory / "cache", 0), settings)
     await chain.open()
     data = os.urandom(size)

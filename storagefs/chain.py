@@ -108,6 +108,7 @@ class FallbackChain:
             refusal_abandons=settings.write_mode == "through",
         )
         self.stale_reads = 0
+        self.last_stale_read: float | None = None  # wall clock
         self.journal_only_writes = 0  # through-mode writes acknowledged without the primary
 
     @classmethod
@@ -208,6 +209,7 @@ class FallbackChain:
 
     def _stale(self, key: str) -> None:
         self.stale_reads += 1
+        self.last_stale_read = time.time()
         log.debug("no remote answers: serving the cached copy of %r", key)
 
     @staticmethod
@@ -576,5 +578,6 @@ class FallbackChain:
             "journal": journal,
             "cache": self.cache.stats(),
             "stale_reads": self.stale_reads,
+            "last_stale_read": self.last_stale_read,
             "journal_only_writes": self.journal_only_writes,
         }

@@ -133,6 +133,21 @@ class _Row:
     content: str | None
 
 
+@contextlib.contextmanager
+def _disk_full_is_no_space() -> Iterator[None]:
+    """The local disk filling up refuses the write with NoSpace (ENOSPC), like the limit."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise NoSpace(f"no space left for the journal: {exc.strerror}") from exc
+    except sqlite3.OperationalError as exc:
+        if "full" not in str(exc):
+            raise
+        raise NoSpace(f"no space left for the journal index: {exc}") from exc
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -301,7 +316,8 @@ class Journal:
         self._reserve(reserved)
         staged: _Staged | None = None
         try:
-            staged = await trio.to_thread.run_sync(self._stage_file, source, owned)
+            with _disk_full_is_no_space():
+                staged = await trio.to_thread.run_sync(self._stage_file, source, owned)
             if staged.size > reserved:  # the file grew while we copied it
                 self._reserve(staged.size - reserved)
                 reserved = staged.size
@@ -325,7 +341,8 @@ class Journal:
             if size <= self.inline_max:  # hashing a few KiB costs less than a thread hop
                 staged = self._stage_bytes(bytes(data))
             else:
-                staged = await trio.to_thread.run_sync(self._stage_bytes, bytes(data))
+                with _disk_full_is_no_space():
+                    staged = await trio.to_thread.run_sync(self._stage_bytes, bytes(data))
             return await self._commit(Op.PUT, key, None, metadata, staged)
         except BaseException:
             if staged is not None:
@@ -356,7 +373,8 @@ class Journal:
             self._reserve(latest.size)
             staged: _Staged | None = None
             try:
-                staged = await trio.to_thread.run_sync(self._stage_shared, latest)
+                with _disk_full_is_no_space():
+                    staged = await trio.to_thread.run_sync(self._stage_shared, latest)
                 return await self._commit(Op.PUT, dst, None, meta, staged)
             except ContentGone:
                 pass  # applied everywhere meanwhile, so the remotes have src: a COPY will do
@@ -391,16 +409,21 @@ class Journal:
         async with self._lock:
             db = self._db()
             garbage, self._garbage = self._garbage, []
+
+            def insert() -> int:
+                seq = self._insert(db, op, key, src, meta, staged, created)
+                # This commit was fsync'd, and with it every earlier ack: finished files go.
+                self._unlink_content(garbage)
+                return seq
+
             try:
-                seq = await trio.to_thread.run_sync(
-                    self._insert, db, op, key, src, meta, staged, created
-                )
+                # One thread call, and no checkpoint between it and the mirror update below:
+                # a cancellation cannot leave a committed entry out of the mirror.
+                with _disk_full_is_no_space():
+                    seq = await trio.to_thread.run_sync(insert)
             except BaseException:
                 self._garbage[:0] = garbage
                 raise
-            # This commit was fsync'd, and with it every earlier ack: finished files can go.
-            if garbage:
-                await trio.to_thread.run_sync(self._unlink_content, garbage)
         entry = Entry(
             seq=seq,
             op=op,
@@ -890,6 +913,7 @@ class Journal:
     def _recover(self) -> tuple[list[tuple[int, _Row]], dict[int, dict[str, TargetProgress]]]:
         for d in (self.directory, self.content_dir, self.quarantine_dir):
             d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _fsync_dir(self.directory)  # so content/ itself survives a power cut after the 1st append
         self.quarantined = sum(1 for p in self.quarantine_dir.glob("*.json"))
         db = self._connect_or_quarantine()
         self._conn = db

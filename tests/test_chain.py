@@ -17,6 +17,7 @@ import trio.testing
 from storagefs.backends.base import (
     BackendUnavailable,
     ListPage,
+    NoSpace,
     NotFound,
     PermissionDenied,
     TransientError,
@@ -138,7 +139,7 @@ async def test_all_down_reads_cache_writes_journal_then_everything_arrives(
 
         # Reads: the clean cached copy, counted as stale.
         assert await chain.read("cached", 0, 100) == b"clean copy"
-        assert chain.stale_reads == 1
+        assert chain.stale_reads == 1 and chain.status()["last_stale_read"] is not None
         with pytest.raises(BackendUnavailable):
             await chain.read("never-seen", 0, 10)
 
@@ -385,6 +386,20 @@ async def test_permanent_error_in_write_back_mode(tmp_path: Path) -> None:
     assert contents(secondary) == {"refused": b"x"}
 
 
+async def test_full_journal_refuses_writes(tmp_path: Path) -> None:
+    primary, secondary = remotes()
+    secondary.set_down()  # nothing leaves the journal until the secondary has it too
+    async with running(tmp_path, (primary, secondary), journal_max_bytes=100_000) as chain:
+        await chain.write_bytes("a", bytes(95_000), META)
+        with pytest.raises(NoSpace):
+            await chain.write_bytes("b", bytes(10_000), META)
+        assert "b" not in store(primary).objects
+        assert any("full" in r for r in chain.status()["degraded_reasons"])
+        secondary.set_up()
+        assert await chain.flush(5)
+        await chain.write_bytes("b", bytes(10_000), META)  # room again once replayed
+
+
 async def test_flush_reports_whether_drained(tmp_path: Path) -> None:
     primary, secondary = remotes()
     secondary.set_down()
@@ -499,6 +514,7 @@ async def test_status_shape(tmp_path: Path) -> None:
         "journal",
         "cache",
         "stale_reads",
+        "last_stale_read",
         "journal_only_writes",
     }
     assert [r["role"] for r in status["remotes"]] == ["primary", "secondary"]
