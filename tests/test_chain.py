@@ -400,6 +400,27 @@ async def test_full_journal_refuses_writes(tmp_path: Path) -> None:
         await chain.write_bytes("b", bytes(10_000), META)  # room again once replayed
 
 
+async def test_content_that_rots_before_upload_is_quarantined(tmp_path: Path) -> None:
+    primary, secondary = remotes()
+    primary.set_down()
+    secondary.set_down()
+    async with running(tmp_path, (primary, secondary), write_mode="back") as chain:
+        await chain.write_bytes("rotten", bytes(200_000), META)  # a content file
+        await chain.write_bytes("fine", b"ok", META)
+        entry = chain.journal.latest("rotten")
+        assert entry is not None
+        path = chain.journal.content_path(entry)
+        assert path is not None
+        with open(path, "r+b") as f:
+            f.write(b"rot")
+        primary.set_up()
+        secondary.set_up()
+        assert await chain.flush(5)
+        assert chain.journal.stats()["quarantined"] == 2  # one per target, none uploaded
+        assert chain.replayer.stats()["primary"]["quarantined"] == 1
+    assert contents(primary) == contents(secondary) == {"fine": b"ok"}
+
+
 async def test_flush_reports_whether_drained(tmp_path: Path) -> None:
     primary, secondary = remotes()
     secondary.set_down()
