@@ -18,7 +18,8 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from storagefs.redact import redact
 
@@ -62,7 +63,8 @@ class CorrelationFilter(logging.Filter):
 
 
 class RedactingFilter(logging.Filter):
-    """Scrubs secrets from the formatted message; the record then carries the clean text."""
+    """Scrubs secrets from the message and the traceback text of records reaching a handler
+    (records made before :func:`install_redaction`, or by a foreign record factory)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         try:
@@ -78,6 +80,32 @@ class RedactingFilter(logging.Filter):
         elif record.exc_text:
             record.exc_text = redact(record.exc_text)
         return True
+
+
+def _redacting_factory(inner: Callable[..., logging.LogRecord]) -> Callable[..., logging.LogRecord]:
+    """Scrub each record's message as it is made. Handler filters come too late for anything
+    that reads records before the handlers (New Relic's log forwarding hooks callHandlers)."""
+
+    def make(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = inner(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except Exception:
+            return record  # a broken format call is reported by the handler, as usual
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return record
+
+    make.storagefs_redacting = True  # type: ignore[attr-defined]
+    return make
+
+
+def install_redaction() -> None:
+    """Make every log record of the process scrubbed at creation (idempotent)."""
+    factory = logging.getLogRecordFactory()
+    if not getattr(factory, "storagefs_redacting", False):
+        logging.setLogRecordFactory(_redacting_factory(factory))
 
 
 class JsonFormatter(logging.Formatter):
@@ -118,6 +146,7 @@ def setup_logging(level: str, fmt: str) -> None:
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     handler.addFilter(CorrelationFilter())
     handler.addFilter(RedactingFilter())
+    install_redaction()
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -68,6 +68,9 @@ class Telemetry:
     def shutdown(self, timeout: float = 5.0) -> None:
         """Send what is pending and stop (at unmount)."""
 
+    def flush(self) -> None:
+        """Send what is held back (failover counts) without stopping."""
+
     def record_backend_call(self, backend: str, op: str, seconds: float, ok: bool) -> None:
         """One backend operation: its latency, and whether it failed."""
 
@@ -149,9 +152,7 @@ class NewRelicTelemetry(Telemetry):
     def shutdown(self, timeout: float = 5.0) -> None:
         if self._app is None:
             return
-        for (source, target, op), (_, unsent) in list(self._failovers.items()):
-            if unsent:
-                self._failover_event(source, target, op, unsent)
+        self.flush()
         import newrelic.agent
 
         newrelic.agent.shutdown_agent(timeout)
@@ -189,6 +190,13 @@ class NewRelicTelemetry(Telemetry):
             return
         self._failovers[key] = (now, 0)
         self._failover_event(from_backend, to_backend, op, unsent + 1)
+
+    def flush(self) -> None:
+        """Send the failovers held back by the per-interval limit."""
+        for key, (last, unsent) in list(self._failovers.items()):
+            if unsent and self._app is not None:
+                self._failovers[key] = (last, 0)
+                self._failover_event(*key, unsent)
 
     def _failover_event(self, source: str, target: str, op: str, count: int) -> None:
         self._app.record_custom_event(

@@ -661,10 +661,12 @@ def calls_of(rb: ResilientBackend) -> list[Callable[[], Awaitable[object]]]:
 def restore_logging() -> Iterator[None]:
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
+    factory = logging.getLogRecordFactory()  # setup_logging installs a redacting one
     levels = {name: logging.getLogger(name).level for name in ("azure", "urllib3", "botocore")}
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
+    logging.setLogRecordFactory(factory)
     for name, value in levels.items():
         logging.getLogger(name).setLevel(value)
 
