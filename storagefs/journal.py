@@ -16,7 +16,7 @@ newest acks, and re-applying an op a target already has is harmless (PUT and DEL
 idempotent, a COPY is replayed before anything later on its keys). Content files of finished
 entries are unlinked only after a later fsync (the next append, :meth:`Journal.close`, or a
 barrier when many are waiting), so a row that a power cut brings back never points at a file
-that is gone.
+that is gone. What opening does after a crash is in :mod:`storagefs.journal_recovery`.
 
 **Concurrency.** Everything blocking runs in ``trio.to_thread.run_sync``. All SQLite work is
 serialized by one ``trio.Lock``: the single connection is used by one worker thread at a time,
@@ -31,10 +31,8 @@ from __future__ import annotations
 import bisect
 import contextlib
 import dataclasses
-import enum
 import errno
 import hashlib
-import json
 import logging
 import os
 import secrets
@@ -48,22 +46,27 @@ from typing import Any
 import trio
 
 from storagefs.backends.base import NoSpace, NotFound
+from storagefs.journal_recovery import (
+    Layout,
+    Op,
+    TargetProgress,
+    fsync_dir,
+    meta_json,
+    recover,
+    sha256_file,
+    write_quarantine_json,
+)
+
+__all__ = ["ContentCorrupt", "ContentGone", "Entry", "Journal", "Op", "TargetProgress"]
 
 log = logging.getLogger("storagefs.journal")
 
 INLINE_MAX = 64 * 1024  # measured: inline 4 KiB PUT ~0.5 ms vs ~1.3 ms with a content file
 _CHUNK = 1024 * 1024
-_SCHEMA_VERSION = 1
 _GARBAGE_BARRIER = 256  # finished content files waiting before a fsync barrier frees them
 # Inline contents of pending entries also kept in memory up to this many bytes, so replaying
 # and serving small writes costs no SQLite round trip.
 _INLINE_MEMORY = 64 * 1024 * 1024
-
-
-class Op(enum.StrEnum):
-    PUT = "put"
-    DELETE = "delete"
-    COPY = "copy"
 
 
 class ContentGone(Exception):
@@ -98,12 +101,6 @@ class Entry:
 
 
 @dataclasses.dataclass(slots=True)
-class TargetProgress:
-    attempts: int = 0
-    last_error: str | None = None
-
-
-@dataclasses.dataclass(slots=True)
 class _Ack:
     seq: int
     target: str
@@ -120,19 +117,6 @@ class _Staged:
     moved_from: Path | None = None  # an owned source renamed into content/
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Row:
-    op: Op
-    key: str
-    src: str | None
-    metadata: Mapping[str, str] | None
-    size: int
-    sha256: str | None
-    created: float
-    inline: bytes | None
-    content: str | None
-
-
 @contextlib.contextmanager
 def _disk_full_is_no_space() -> Iterator[None]:
     """The local disk filling up refuses the write with NoSpace (ENOSPC), like the limit."""
@@ -146,62 +130,6 @@ def _disk_full_is_no_space() -> Iterator[None]:
         if "full" not in str(exc):
             raise
         raise NoSpace(f"no space left for the journal index: {exc}") from exc
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _sha256_file(path: Path) -> tuple[int, str]:
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    return size, digest.hexdigest()
-
-
-def _meta_json(metadata: Mapping[str, str] | None) -> str | None:
-    return None if metadata is None else json.dumps(dict(metadata), sort_keys=True)
-
-
-def _decode_meta(text: str | None) -> dict[str, str] | None:
-    if text is None:
-        return None
-    value = json.loads(text)
-    if not isinstance(value, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-    ):
-        raise ValueError("metadata is not a string map")
-    return value
-
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS entries (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    op TEXT NOT NULL,
-    key TEXT NOT NULL,
-    src TEXT,
-    metadata TEXT,
-    size INTEGER NOT NULL,
-    sha256 TEXT,
-    created REAL NOT NULL,
-    inline BLOB,
-    content TEXT
-);
-CREATE TABLE IF NOT EXISTS targets (
-    seq INTEGER NOT NULL,
-    target TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    last_error TEXT,
-    PRIMARY KEY (seq, target)
-) WITHOUT ROWID;
-"""
 
 
 class Journal:
@@ -225,7 +153,6 @@ class Journal:
         self.inline_max = inline_max
         self.content_dir = directory / "content"
         self.quarantine_dir = directory / "quarantine"
-        self._db_path = directory / "journal.db"
         self._conn: sqlite3.Connection | None = None
         self._lock = trio.Lock()
         # The mirror of pending work (see the module docstring).
@@ -248,19 +175,24 @@ class Journal:
     # --- open / close ------------------------------------------------------------------------
 
     async def open(self) -> None:
-        """Create or recover the journal. Never fails on bad entries: they go to quarantine."""
+        """Create or recover the journal (see :mod:`storagefs.journal_recovery`). Never fails
+        on bad entries: they go to quarantine."""
         if self._conn is not None:
             return
         async with self._lock:
-            rows, progress = await trio.to_thread.run_sync(self._recover)
-        for seq, row in rows:
+            found = await trio.to_thread.run_sync(recover, Layout(self.directory))
+        self._conn = found.conn
+        self.quarantined = found.quarantined
+        self.recovered_orphans = found.orphans
+        progress = found.progress
+        for row in found.rows:
             entry = Entry(
-                seq, row.op, row.key, row.src, row.metadata, row.size, row.sha256,
+                row.seq, row.op, row.key, row.src, row.metadata, row.size, row.sha256,
                 row.created, row.content,
             )  # fmt: skip
-            self._add(entry, progress[seq])
+            self._add(entry, progress[row.seq])
             if row.inline is not None:
-                self._remember_inline(seq, row.inline)
+                self._remember_inline(row.seq, row.inline)
         unknown = {t for p in progress.values() for t in p} - set(self.targets)
         if unknown:
             log.warning(
@@ -472,8 +404,8 @@ class Journal:
                         os.fsync(fd)
                     finally:
                         os.close(fd)
-                    staged.size, staged.sha256 = _sha256_file(dest)
-                    _fsync_dir(self.content_dir)
+                    staged.size, staged.sha256 = sha256_file(dest)
+                    fsync_dir(self.content_dir)
                 except BaseException:
                     self._unstage(staged)
                     raise
@@ -488,7 +420,7 @@ class Journal:
                     size += len(chunk)
                 out.flush()
                 os.fsync(out.fileno())
-            _fsync_dir(self.content_dir)
+            fsync_dir(self.content_dir)
         except BaseException:
             with contextlib.suppress(OSError):
                 dest.unlink()
@@ -518,7 +450,7 @@ class Journal:
                 out.write(data)
                 out.flush()
                 os.fsync(out.fileno())
-            _fsync_dir(self.content_dir)
+            fsync_dir(self.content_dir)
         except BaseException:
             with contextlib.suppress(OSError):
                 dest.unlink()
@@ -534,7 +466,7 @@ class Journal:
             os.link(self.content_dir / entry.content, self.content_dir / name)
         except FileNotFoundError:
             raise ContentGone(entry.key) from None
-        _fsync_dir(self.content_dir)
+        fsync_dir(self.content_dir)
         return _Staged(entry.size, entry.sha256, content=name)
 
     def _insert(
@@ -556,7 +488,7 @@ class Journal:
                     op.value,
                     key,
                     src,
-                    _meta_json(metadata),
+                    meta_json(metadata),
                     staged.size if staged else 0,
                     staged.sha256 if staged else None,
                     created,
@@ -875,7 +807,7 @@ class Journal:
 
         def check() -> None:
             try:
-                size, digest = _sha256_file(path)
+                size, digest = sha256_file(path)
             except FileNotFoundError:
                 raise ContentCorrupt(f"content file of entry {entry.seq} is missing") from None
             if size != entry.size or digest != entry.sha256:
@@ -908,178 +840,6 @@ class Journal:
             with contextlib.suppress(FileNotFoundError):
                 (self.content_dir / name).unlink()
 
-    # --- recovery (worker thread, at open) ------------------------------------------------------
-
-    def _recover(self) -> tuple[list[tuple[int, _Row]], dict[int, dict[str, TargetProgress]]]:
-        for d in (self.directory, self.content_dir, self.quarantine_dir):
-            d.mkdir(parents=True, exist_ok=True, mode=0o700)
-        _fsync_dir(self.directory)  # so content/ itself survives a power cut after the 1st append
-        self.quarantined = sum(1 for p in self.quarantine_dir.glob("*.json"))
-        db = self._connect_or_quarantine()
-        self._conn = db
-        progress: dict[int, dict[str, TargetProgress]] = {}
-        for seq, target, attempts, last_error in db.execute(
-            "SELECT seq, target, attempts, last_error FROM targets"
-        ):
-            progress.setdefault(seq, {})[target] = TargetProgress(attempts, last_error)
-        good: list[tuple[int, _Row]] = []
-        referenced: set[str] = set()
-        raw_rows = db.execute(
-            "SELECT seq, op, key, src, metadata, size, sha256, created, inline, content"
-            " FROM entries ORDER BY seq"
-        ).fetchall()
-        for raw in raw_rows:
-            seq = raw[0]
-            if isinstance(raw[9], str):
-                referenced.add(raw[9])
-            if seq not in progress:
-                # Every target applied it; the row's own delete was lost. Nothing to keep.
-                db.execute("DELETE FROM entries WHERE seq = ?", (seq,))
-                continue
-            try:
-                row = self._decode(raw)
-            except (ValueError, TypeError, KeyError) as exc:
-                self._quarantine_row(db, raw, f"index row does not decode ({exc})", progress)
-                progress.pop(seq, None)
-                continue
-            problem = self._check_content(row)
-            if problem is not None:
-                self._quarantine_row(db, raw, problem, progress)
-                progress.pop(seq, None)
-                continue
-            good.append((seq, row))
-        db.execute("DELETE FROM targets WHERE seq NOT IN (SELECT seq FROM entries)")
-        for path in self.content_dir.iterdir():
-            if path.name not in referenced:
-                # Written but never committed: the append was never acknowledged.
-                path.unlink()
-                self.recovered_orphans += 1
-        if self.recovered_orphans:
-            log.info(
-                "journal: removed %d content files of unacknowledged appends",
-                self.recovered_orphans,
-            )
-        return good, {seq: progress[seq] for seq, _ in good}
-
-    def _connect_or_quarantine(self) -> sqlite3.Connection:
-        try:
-            return self._connect()
-        except sqlite3.DatabaseError as exc:
-            where = self.quarantine_dir / f"index-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
-            where.mkdir(mode=0o700)
-            moved = 0
-            for suffix in ("", "-wal", "-shm"):
-                path = Path(f"{self._db_path}{suffix}")
-                if path.exists():
-                    path.rename(where / path.name)
-            content = where / "content"
-            self.content_dir.rename(content)
-            moved = sum(1 for _ in content.iterdir())
-            self.content_dir.mkdir(mode=0o700)
-            (where / "reason.json").write_text(
-                json.dumps({"reason": f"journal index unreadable: {exc}"}, indent=2)
-            )
-            _fsync_dir(self.quarantine_dir)
-            _fsync_dir(self.directory)
-            self.quarantined += 1
-            log.error(
-                "journal index %s is unreadable (%s): moved it and %d content files to %s and"
-                " started an empty journal; those writes were NOT replayed, recover them by hand",
-                self._db_path, exc, moved, where,
-            )  # fmt: skip
-            return self._connect()
-
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self._db_path, isolation_level=None, check_same_thread=False)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            check = db.execute("PRAGMA quick_check").fetchall()
-            if check != [("ok",)]:
-                raise sqlite3.DatabaseError(f"quick_check: {check[0][0]}")
-            db.executescript(_SCHEMA)
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version == 0:
-                db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
-            elif version != _SCHEMA_VERSION:
-                raise sqlite3.DatabaseError(f"unknown journal schema version {version}")
-        except BaseException:
-            db.close()
-            raise
-        return db
-
-    @staticmethod
-    def _decode(raw: tuple[Any, ...]) -> _Row:
-        _, op, key, src, metadata, size, sha, created, inline, content = raw
-        parsed = Op(op)
-        if not isinstance(key, str) or not isinstance(size, int) or size < 0:
-            raise ValueError("bad key or size")
-        if not isinstance(created, float | int):
-            raise ValueError("bad created time")
-        meta = _decode_meta(metadata)
-        if parsed is Op.PUT:
-            if not isinstance(sha, str) or meta is None:
-                raise ValueError("PUT without checksum or metadata")
-            if (inline is None) == (content is None):
-                raise ValueError("PUT needs exactly one of inline content or a content file")
-        elif parsed is Op.COPY and not isinstance(src, str):
-            raise ValueError("COPY without source")
-        return _Row(
-            parsed, key, src, meta, size, sha, float(created),
-            bytes(inline) if inline is not None else None, content,
-        )  # fmt: skip
-
-    def _check_content(self, row: _Row) -> str | None:
-        if row.op is not Op.PUT:
-            return None
-        if row.inline is not None:
-            if len(row.inline) != row.size or hashlib.sha256(row.inline).hexdigest() != row.sha256:
-                return "inline content fails its checksum"
-            return None
-        assert row.content is not None
-        path = self.content_dir / row.content
-        try:
-            size, digest = _sha256_file(path)
-        except FileNotFoundError:
-            return "content file is missing"
-        except OSError as exc:
-            return f"content file unreadable ({exc.strerror})"
-        if size != row.size or digest != row.sha256:
-            return f"content file fails its checksum ({size} bytes, {row.size} expected)"
-        return None
-
-    def _quarantine_row(
-        self,
-        db: sqlite3.Connection,
-        raw: tuple[Any, ...],
-        reason: str,
-        progress: Mapping[int, Mapping[str, TargetProgress]],
-    ) -> None:
-        seq = raw[0]
-        names = ("seq", "op", "key", "src", "metadata", "size", "sha256", "created")
-        desc: dict[str, Any] = {n: v if isinstance(v, str | int | float | None) else repr(v)
-                                for n, v in zip(names, raw[:8], strict=True)}  # fmt: skip
-        desc["pending_targets"] = {
-            t: dataclasses.asdict(p) for t, p in progress.get(seq, {}).items()
-        }
-        stem = f"{seq}-recovery"
-        inline = raw[8]
-        content = raw[9] if isinstance(raw[9], str) else None
-        if isinstance(inline, bytes):
-            (self.quarantine_dir / f"{stem}.data").write_bytes(inline)
-        if content is not None and (self.content_dir / content).exists():
-            (self.content_dir / content).rename(self.quarantine_dir / f"{stem}.data")
-        where = self._write_json(stem, desc, reason)
-        db.execute("BEGIN IMMEDIATE")
-        db.execute("DELETE FROM targets WHERE seq = ?", (seq,))
-        db.execute("DELETE FROM entries WHERE seq = ?", (seq,))
-        db.execute("COMMIT")
-        self.quarantined += 1
-        log.error(
-            "journal entry %s (%s %r) quarantined at recovery: %s; kept in %s",
-            seq, raw[1], raw[2], reason, where,
-        )  # fmt: skip
-
     def _describe(self, entry: Entry, target: str, progress: TargetProgress) -> dict[str, Any]:
         return {
             "seq": entry.seq,
@@ -1104,13 +864,4 @@ class Journal:
             else:
                 with contextlib.suppress(ContentGone):
                     data_path.write_bytes(self._inline_bytes(entry))
-        return self._write_json(stem, desc, reason)
-
-    def _write_json(self, stem: str, desc: dict[str, Any], reason: str) -> Path:
-        path = self.quarantine_dir / f"{stem}.json"
-        with open(path, "w") as f:
-            json.dump({**desc, "reason": reason, "quarantined_at": time.time()}, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        _fsync_dir(self.quarantine_dir)
-        return path
+        return write_quarantine_json(self.quarantine_dir, stem, desc, reason)
