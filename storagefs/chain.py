@@ -358,8 +358,9 @@ class FallbackChain:
         token: str | None = None,
         limit: int = 1000,
     ) -> ListPage:
-        """One page of the merged view. Names are in byte order within each page, the overlay's
-        pending names merged in; a token stays valid across a failover (see chain_listing)."""
+        """One page of the merged view: the remote's page with the pending names of its name
+        range merged in (so a page may hold a few more than ``limit`` names), in byte order
+        within the page. A token stays valid across a failover (see chain_listing)."""
         state = listing.decode_token(token) if token is not None else None
         names = [r.name for r in self.remotes]
         order = list(self.remotes)
