@@ -54,6 +54,7 @@ METRICS_FILE = "metrics.prom"
 BACKENDS_DIR = "backends"
 
 BREAKER_STATES = ("closed", "open", "half-open")
+_ROLES = {0: "primary", 1: "secondary"}  # as the chain names them
 
 
 class _Stats(Protocol):
@@ -338,7 +339,7 @@ class HealthReport:
             breaker = breaker or (str(snap["breaker"]) if snap.get("breaker") else None)
             reachable = view.get("reachable")
             available = breaker in (None, "closed") and reachable is not False
-            role = str(view.get("role") or ("primary" if index == 0 else f"remote{index}"))
+            role = str(view.get("role") or _ROLES.get(index, f"remote{index}"))
             queue = _map(_map(journal.get("backends")).get(name))
             replay = _map(view.get("replay"))
             summary = {

@@ -210,6 +210,14 @@ def _last_error(doc: Mapping[str, Any]) -> str:
     return text
 
 
+def _in_chain_order(files: HealthFiles) -> list[tuple[str, Mapping[str, Any]]]:
+    remotes = files.status.get("remotes")
+    order = [str(r.get("name")) for r in remotes if isinstance(r, Mapping)] if remotes else []
+    by_name = {str(doc.get("name", key)): doc for key, doc in files.backends.items()}
+    ranked = sorted(by_name, key=lambda n: order.index(n) if n in order else len(order))
+    return [(name, by_name[name]) for name in ranked]
+
+
 def render(mountpoint: Path, files: HealthFiles) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -225,7 +233,7 @@ def render(mountpoint: Path, files: HealthFiles) -> None:
         table.add_column(column)
     for column in ("p95 (slowest op)", "In flight", "Pending", "Last error"):
         table.add_column(column)
-    for name, doc in files.backends.items():
+    for name, doc in _in_chain_order(files):
         raw_stats = doc.get("stats")
         stats: Mapping[str, Any] = raw_stats if isinstance(raw_stats, Mapping) else {}
         rate = doc.get("success_rate")

@@ -298,6 +298,8 @@ class InstrumentedBackend:
         self._clock = clock
 
     def __getattr__(self, attr: str) -> Any:
+        if attr == "inner":  # not set yet (copy, unpickling): no endless recursion
+            raise AttributeError(attr)
         return getattr(self.inner, attr)
 
     def describe(self) -> str:
