@@ -241,8 +241,9 @@ NEW_RELIC: tuple[MetricDoc, ...] = (
     MetricDoc(
         EVENT_FAILOVER,
         "event",
-        "from_backend, to_backend, op",
-        "An operation was served by a later backend because an earlier one did not answer.",
+        "from_backend, to_backend, op, count",
+        "Operations served by a later backend because an earlier one did not answer: at most "
+        "one event per (from, to, op) every 10 s, `count` saying how many it stands for.",
     ),
     MetricDoc(
         EVENT_JOURNAL_BACKLOG,
