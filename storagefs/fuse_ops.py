@@ -20,6 +20,7 @@ from storagefs.fs.core import Filesystem
 from storagefs.fs.errors import FSError, errno_for
 from storagefs.fs.inodes import Node
 from storagefs.fs.names import decode_name, encode_name
+from storagefs.logs import correlation
 
 log = logging.getLogger("storagefs.fuse")
 
@@ -31,7 +32,8 @@ def _guarded(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[A
     @functools.wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
-            return await fn(*args, **kwargs)
+            with correlation("fuse"):
+                return await fn(*args, **kwargs)
         except pyfuse3.FUSEError:
             raise
         except FSError as exc:
@@ -43,8 +45,11 @@ def _guarded(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[A
         except OSError as exc:
             log.warning("%s failed: %s", fn.__name__, exc)
             raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
-        except Exception:
+        except Exception as exc:
             log.exception("unexpected error in %s; answered EIO", fn.__name__)
+            ops = args[0]
+            if isinstance(ops, StorageOperations):
+                ops.on_unexpected(exc)
             raise pyfuse3.FUSEError(errno.EIO) from None
 
     return wrapper
@@ -54,10 +59,16 @@ class StorageOperations(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_writeback_cache = False
 
-    def __init__(self, fs: Filesystem, timeout: float) -> None:
+    def __init__(
+        self,
+        fs: Filesystem,
+        timeout: float,
+        on_unexpected: Callable[[BaseException], None] = lambda exc: None,
+    ) -> None:
         super().__init__()
         self.fs = fs
         self.timeout = timeout
+        self.on_unexpected = on_unexpected  # telemetry: unexpected errors are noticed
 
     def _entry(self, node: Node) -> pyfuse3.EntryAttributes:
         a = node.attrs

@@ -15,11 +15,15 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from storagefs.backends.base import Backend, ConfigurationError
+from storagefs.backends.base import ConfigurationError
+from storagefs.chain import FallbackChain
 from storagefs.config import Settings
 from storagefs.fs.core import Filesystem, FsOptions
+from storagefs.fs.names import bad_keys_seen
 from storagefs.fuse_ops import StorageOperations
-from storagefs.stack import build_stack
+from storagefs.health import CoreFigures
+from storagefs.stack import Stack, build_stack
+from storagefs.telemetry import BacklogSampler
 
 log = logging.getLogger("storagefs.mount")
 
@@ -69,26 +73,58 @@ async def serve(
 ) -> None:
     read_only = read_only or settings.read_only or "ro" in set(extra_options)
     cache = prepare_cache_dir(settings)
-    backend: Backend = build_stack(settings, cache)
-    await backend.open()
-    fs = Filesystem(backend, fs_options(settings, cache, read_only))
-    ops = StorageOperations(fs, settings.metadata_ttl)
+    stack = build_stack(settings, cache)
+    chain = stack.chain
+    await trio.to_thread.run_sync(stack.telemetry.start)
+    await chain.open()
+    _refuse_unusable_start(stack)
+    fs = Filesystem(chain, fs_options(settings, cache, read_only), health=stack.health.files)
+    stack.health.core = lambda: CoreFigures(
+        dirty_files=fs.dirty_files, invalid_keys=bad_keys_seen()
+    )
+    ops = StorageOperations(fs, settings.metadata_ttl, on_unexpected=stack.telemetry.notice_error)
     pyfuse3.init(ops, str(mountpoint), fuse_options(extra_options, read_only))
-    log.info("mounted %s on %s", backend.describe(), mountpoint)
+    log.info("mounted %s on %s", chain.describe(), mountpoint)
+    sampler = BacklogSampler(stack.telemetry, lambda: _backlog(chain))
     try:
         async with trio.open_nursery() as nursery:
             fs.attach(nursery)
+            await nursery.start(chain.run)
+            nursery.start_soon(sampler.run)
             nursery.start_soon(_stop_on_signal)
             await pyfuse3.main()
             nursery.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True):
             await _upload_dirty(fs)
+            chain.stop()
+            sampler.stop()
         pyfuse3.close(unmount=True)
         fs.close()
         with trio.CancelScope(shield=True), contextlib.suppress(Exception):
-            await backend.close()
+            await chain.close()
+        stack.telemetry.shutdown()
         log.info("unmounted %s", mountpoint)
+
+
+def _refuse_unusable_start(stack: Stack) -> None:
+    """A lone backend that does not answer, with nothing journaled, is a configuration
+    mistake (wrong endpoint, network down): say so instead of mounting an empty directory.
+    With a secondary, or journaled work to replay, the mount starts degraded instead."""
+    chain = stack.chain
+    if len(chain.remotes) > 1 or not chain.journal.drained():
+        return
+    primary = chain.remotes[0]
+    seen = chain.health_of[primary.name]
+    if seen.reachable is False:
+        raise ConfigurationError(
+            f"cannot reach {primary.describe()}: {seen.last_error or 'no answer'}"
+        )
+
+
+def _backlog(chain: FallbackChain) -> tuple[int, int]:
+    stats = chain.journal.stats()
+    return int(stats["pending_entries"]), int(stats["pending_bytes"])
 
 
 async def _upload_dirty(fs: Filesystem) -> None:
