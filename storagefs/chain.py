@@ -311,17 +311,23 @@ class FallbackChain:
         for _ in range(3):  # a pending entry may finish while we read it: then ask again
             entry = self.journal.latest(key)
             try:
-                return await self._through(
+                data = await self._through(
                     key, entry, lambda r, k: r.read(k, offset, length), local
                 )
             except ContentGone:
                 continue
             except _AllDown as down:
-                data = await self.cache.read(key, offset, length)
-                if data is None:
+                cached = await self.cache.read(key, offset, length)
+                if cached is None:
                     raise self._unavailable(key, down) from None
                 self._stale(key)
-                return data
+                return cached
+            if entry is None and offset == 0 and len(data) < length:
+                # The whole object came back in one read (small files, the usual `cat`): keep
+                # a clean copy so it stays readable when no remote answers.
+                info = ObjectInfo(key, len(data), time.time())
+                await self._cache_best_effort(self.cache.store_bytes(key, data, info))
+            return data
         raise BackendUnavailable(f"{key!r} keeps changing under the read")
 
     async def download(self, key: str, dest: str) -> ObjectInfo:

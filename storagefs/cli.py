@@ -177,16 +177,86 @@ def _last_error(log_path: Path) -> str | None:
     return None
 
 
+def _wait_drained(mountpoint: Path, timeout: float | None, quiet: bool = False) -> bool:
+    """Poll the mount's journal.json until nothing is pending; False when ``timeout`` ran out."""
+    from storagefs.probe import read_health
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    shown = None
+    while True:
+        journal = read_health(mountpoint, timeout=10.0).journal  # ProbeError: not answering
+        pending = int(journal.get("pending_entries", 0) or 0)
+        if pending == 0:
+            return True
+        if not quiet and pending != shown:
+            size = int(journal.get("pending_bytes", 0) or 0)
+            click.echo(f"storagefs: {pending} change(s), {size} bytes, waiting for the backends")
+            shown = pending
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+        time.sleep(0.5)
+
+
 @main.command()
 @click.argument("mountpoint", type=click.Path(path_type=Path))
-def unmount(mountpoint: Path) -> None:
-    """Unmount MOUNTPOINT (the daemon uploads open changes and exits)."""
+@click.option("--timeout", type=float, help="Give up after this many seconds (default: never).")
+def flush(mountpoint: Path, timeout: float | None) -> None:
+    """Wait until every journaled change has reached every backend.
+
+    Exit code 0 when the journal is drained, 1 when the timeout ran out first."""
+    from storagefs.probe import ProbeError
+
     if not is_mounted(mountpoint):
         fail(f"{mountpoint} is not mounted")
+    try:
+        drained = _wait_drained(mountpoint, timeout)
+    except ProbeError as exc:
+        fail(str(exc))
+    if drained:
+        click.echo("storagefs: journal drained")
+        return
+    click.echo("storagefs: timed out; changes are still pending (they stay journaled)", err=True)
+    sys.exit(1)
+
+
+@main.command()
+@click.argument("mountpoint", type=click.Path(path_type=Path))
+@click.option("--no-wait", is_flag=True, help="Do not wait for the journal to drain first.")
+@click.option(
+    "--timeout",
+    type=float,
+    default=300.0,
+    show_default=True,
+    help="Seconds to wait for the journal to drain before unmounting anyway.",
+)
+def unmount(mountpoint: Path, no_wait: bool, timeout: float) -> None:
+    """Unmount MOUNTPOINT, after the journal has drained (unless --no-wait).
+
+    Changes still journaled when it unmounts are not lost: they are replayed by the next
+    mount with the same cache directory."""
+    from storagefs.probe import ProbeError
+
+    if not is_mounted(mountpoint):
+        fail(f"{mountpoint} is not mounted")
+    drained = True
+    if not no_wait:
+        try:
+            drained = _wait_drained(mountpoint, timeout)
+        except ProbeError as exc:  # a dead or hung daemon: unmounting is all that is left
+            click.echo(f"storagefs: {exc}; unmounting without waiting", err=True)
+    if not drained:
+        click.echo(
+            "storagefs: changes are still pending after the timeout; they stay in the journal"
+            " and are replayed by the next mount",
+            err=True,
+        )
     tool = shutil.which("fusermount3") or shutil.which("fusermount")
     if tool is None:
         fail("fusermount3 not found (install the fuse3 package)")
     result = subprocess.run([tool, "-u", str(mountpoint)], capture_output=True, text=True)
+    if result.returncode != 0 and "not connected" in result.stderr:
+        # The daemon died: only a lazy unmount removes a dead FUSE mount.
+        result = subprocess.run([tool, "-u", "-z", str(mountpoint)], capture_output=True, text=True)
     if result.returncode != 0:
         fail(result.stderr.strip() or f"{tool} failed", 1)
     click.echo(f"storagefs: unmounted {mountpoint}")

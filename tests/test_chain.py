@@ -589,3 +589,32 @@ async def test_random_operations_match_a_model(tmp_path: Path, seed: int, mode: 
         assert keys(await list_all(chain)) == sorted(model)
     assert contents(primary) == model
     assert contents(secondary) == model
+
+
+async def test_a_whole_small_object_read_is_cached_for_outages(tmp_path: Path) -> None:
+    """`cat` of a small file reads it whole in one call: that copy must serve it later when
+    no remote answers (the core reads ranges, never download(), for files it only reads)."""
+    from storagefs.cache import Cache
+    from storagefs.chain import FallbackChain
+    from storagefs.config import Settings
+    from storagefs.journal import Journal
+    from tests.fakes import MemoryBackend
+    from tests.faults import FaultyBackend
+
+    primary = FaultyBackend(MemoryBackend("p"))
+    await primary.inner.write_bytes("k", b"small", {})
+    settings = Settings(cache_dir=tmp_path)
+    chain = FallbackChain(
+        [primary],
+        Journal(tmp_path / "j", ["p"], 1 << 30),
+        Cache(tmp_path / "c", 1 << 20),
+        settings,
+    )
+    await chain.open()
+    assert await chain.read("k", 0, 1 << 20) == b"small"
+    from storagefs.backends.base import BackendUnavailable
+
+    primary.set_down(BackendUnavailable("down"))
+    assert await chain.read("k", 0, 1 << 20) == b"small"
+    assert chain.stale_reads == 1
+    await chain.close()
