@@ -26,7 +26,7 @@ from storagefs.chain import FallbackChain
 from storagefs.config import Settings
 from storagefs.resilience import ResilientBackend, RetryPolicy
 from tests.fakes import MemoryBackend
-from tests.faults import FaultyBackend
+from tests.fault_injection import FaultyBackend
 
 META = {"mode": "33188", "uid": "1000", "gid": "1000", "mtime": "1700000000"}
 WRITES = ("write", "write_bytes", "delete", "copy")
@@ -599,7 +599,7 @@ async def test_a_whole_small_object_read_is_cached_for_outages(tmp_path: Path) -
     from storagefs.config import Settings
     from storagefs.journal import Journal
     from tests.fakes import MemoryBackend
-    from tests.faults import FaultyBackend
+    from tests.fault_injection import FaultyBackend
 
     primary = FaultyBackend(MemoryBackend("p"))
     await primary.inner.write_bytes("k", b"small", {})

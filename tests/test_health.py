@@ -52,7 +52,7 @@ from storagefs.probe import ProbeError, default_mountpoint, storagefs_mounts
 from storagefs.redact import Redactor
 from storagefs.resilience import ResilientBackend, RetryPolicy
 from tests.fakes import MemoryBackend
-from tests.faults import FaultyBackend
+from tests.fault_injection import FaultyBackend
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -36,7 +36,7 @@ from storagefs.resilience import (
     RetryPolicy,
 )
 from tests.fakes import MemoryBackend
-from tests.faults import FaultyBackend
+from tests.fault_injection import FaultyBackend
 
 POLICY = RetryPolicy(
     request_timeout=5.0,

@@ -34,7 +34,7 @@ from storagefs.telemetry import (
     telemetry_from_environment,
 )
 from tests.fakes import MemoryBackend
-from tests.faults import FaultyBackend
+from tests.fault_injection import FaultyBackend
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET = "TESTONLYsecretKey0123456789abcdef"
@@ -59,7 +59,7 @@ from storagefs.backends.base import BackendUnavailable, NotFound
 from storagefs.resilience import ResilientBackend, RetryPolicy
 from storagefs.telemetry import NewRelicTelemetry
 from tests.fakes import MemoryBackend
-from tests.faults import FaultyBackend
+from tests.fault_injection import FaultyBackend
 
 now = [100.0]
 tel = NewRelicTelemetry(os.environ["NEW_RELIC_CONFIG_FILE"], clock=lambda: now[0])

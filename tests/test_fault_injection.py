@@ -8,7 +8,7 @@ import trio.testing
 
 from storagefs.backends.base import NotFound, PermissionDenied, TransientError
 from tests.fakes import MemoryBackend
-from tests.faults import FaultyBackend
+from tests.fault_injection import FaultyBackend
 
 
 def make() -> FaultyBackend:
