@@ -291,5 +291,41 @@ def health(mountpoint: Path | None, as_json: bool, timeout: float) -> None:
     sys.exit(probe.exit_code(files.state))
 
 
+@main.command()
+@click.argument("prefix")
+@click.argument("dest", type=click.Path(path_type=Path))
+@click.option("--primary", help="Primary backend URL (default: $STORAGEFS_PRIMARY).")
+@click.option("--secondary", help="Secondary backend URL (default: $STORAGEFS_SECONDARY).")
+@click.option(
+    "-j", "--jobs", type=click.IntRange(1, 64), default=8, show_default=True,
+    help="Objects downloaded at once.",
+)  # fmt: skip
+@click.option("--no-resume", is_flag=True, help="Download everything again.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary (no progress).")
+def download(
+    prefix: str,
+    dest: Path,
+    primary: str | None,
+    secondary: str | None,
+    jobs: int,
+    no_resume: bool,
+    as_json: bool,
+) -> None:
+    """Copy every object under PREFIX ("" or / for all) into the directory DEST, no mount.
+
+    A second run skips files already complete. Exit code 0 all done, 1 some objects failed
+    (listed), 2 bad input, 130 interrupted. See docs/DOWNLOAD.md."""
+    from storagefs import download as bulk
+
+    settings = settings_from(primary=primary, secondary=secondary)
+    try:
+        code = bulk.run_cli(
+            settings, prefix, dest, jobs=jobs, resume=not no_resume, as_json=as_json
+        )
+    except bulk.DownloadError as exc:
+        fail(str(exc))
+    sys.exit(code)
+
+
 if __name__ == "__main__":
     main()
