@@ -21,7 +21,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.mount.harness import FUSERMOUNT, Mount, MountFactory, clean_env, is_mounted, wait_gone
+from tests.mount.harness import (
+    AZURE,
+    FUSERMOUNT,
+    LOCAL,
+    S3,
+    Mount,
+    MountFactory,
+    clean_env,
+    is_mounted,
+    wait_gone,
+)
 from tests.mount.stores import AzureStore, LocalStore, S3Store, Store
 
 
@@ -96,17 +106,15 @@ def mount(tmp_path: Path) -> Iterator[MountFactory]:
 
 # --- stores, one per backend kind ------------------------------------------------------
 
-ALL_KINDS = ["local", "s3", "azure"]
-
 
 def _azure_available() -> bool:
     return importlib.util.find_spec("storagefs.backends.azure") is not None
 
 
-@pytest.fixture(params=ALL_KINDS)
+@pytest.fixture(params=[LOCAL, S3, AZURE])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
     """The store under the mount; tests narrow the kinds with
-    ``@pytest.mark.parametrize("store", [...], indirect=True)``."""
+    ``@pytest.mark.parametrize("store", [LOCAL, S3], indirect=True)``."""
     kind: str = request.param
     if kind == "local":
         root = tmp_path / "bucket"

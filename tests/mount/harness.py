@@ -180,3 +180,10 @@ def wait_gone(pid: int, timeout: float) -> bool:
 
 # mount(store, *, options=(), env=None, mountpoint=None, cache_dir=None) -> Mount
 MountFactory = Callable[..., Mount]
+
+
+# Backend kinds for the ``store`` fixture, marked so `-m "not azure"` and friends select them:
+#   @pytest.mark.parametrize("store", [LOCAL, S3], indirect=True)
+LOCAL = pytest.param("local", id="local")
+S3 = pytest.param("s3", id="s3", marks=pytest.mark.s3)
+AZURE = pytest.param("azure", id="azure", marks=pytest.mark.azure)

@@ -14,6 +14,8 @@ import pytest
 
 from storagefs import emulators
 from tests.mount.harness import (
+    LOCAL,
+    S3,
     MountFactory,
     clean_env,
     is_mounted,
@@ -62,6 +64,7 @@ def local_env(tmp_path: Path) -> dict[str, str]:
     return {"STORAGEFS_PRIMARY": f"file://{root}", "STORAGEFS_CACHE_DIR": str(tmp_path / "cache")}
 
 
+@pytest.mark.s3
 @pytest.mark.parametrize("background", [False, True], ids=["foreground", "background"])
 def test_bad_input_one_line_exit_2(
     tmp_path: Path,
@@ -138,7 +141,7 @@ def test_unreachable_azure_keeps_the_key_secret(tmp_path: Path, local_env: dict[
     assert emulators.AZURITE_KEY[:20] not in result.stderr + result.stdout
 
 
-@pytest.mark.parametrize("store", ["local"], indirect=True)
+@pytest.mark.parametrize("store", [LOCAL], indirect=True)
 def test_already_mounted(store: Store, mount: MountFactory, tmp_path: Path) -> None:
     m = mount(store)
     env = {"STORAGEFS_PRIMARY": store.url, **store.env}
@@ -149,7 +152,7 @@ def test_already_mounted(store: Store, mount: MountFactory, tmp_path: Path) -> N
     assert store.get("f") == b"still-works\n"
 
 
-@pytest.mark.parametrize("store", ["local", "s3"], indirect=True)
+@pytest.mark.parametrize("store", [LOCAL, S3], indirect=True)
 def test_background_mount_then_unmount(
     store: Store, tmp_path: Path, background_mounts: list[tuple[Path, int]]
 ) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.mount.harness import MountFactory, ok, vm_hwm_kib
+from tests.mount.harness import S3, MountFactory, ok, vm_hwm_kib
 from tests.mount.stores import S3Store, Store
 
 pytestmark = pytest.mark.mount
@@ -29,7 +29,7 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-@pytest.mark.parametrize("store", ["s3"], indirect=True)
+@pytest.mark.parametrize("store", [S3], indirect=True)
 def test_large_file_round_trip_in_bounded_memory(
     store: Store, mount: MountFactory, tmp_path: Path
 ) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.mount.harness import MountFactory, ok
+from tests.mount.harness import LOCAL, S3, MountFactory, ok
 from tests.mount.stores import Store
 
 pytestmark = pytest.mark.mount
@@ -44,7 +44,7 @@ def test_parallel_readers_and_writers(store: Store, mount: MountFactory, tmp_pat
         assert (m.path / f"w{w}").read_bytes() == (src / f"f{w}").read_bytes(), f"w{w}"
 
 
-@pytest.mark.parametrize("store", ["local", "s3"], indirect=True)
+@pytest.mark.parametrize("store", [LOCAL, S3], indirect=True)
 def test_big_directory_lists_completely(store: Store, mount: MountFactory) -> None:
     # Seeded directly in the store: through the mount this would take minutes.
     store.put_many((f"big/e{i:05d}", b"") for i in range(BIG_DIR_ENTRIES))
