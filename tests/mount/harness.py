@@ -99,10 +99,12 @@ class Mount:
         deadline = time.monotonic() + MOUNT_TIMEOUT
         while not is_mounted(self.path):
             if self.proc.poll() is not None:
+                self.unmounted = True  # nothing left to unmount: the finalizer has no more to say
                 pytest.fail(
                     f"the daemon exited with {self.proc.returncode} before mounting:\n{self.log()}"
                 )
             if time.monotonic() > deadline:
+                self.unmounted = True
                 self._stop_process()
                 pytest.fail(f"no mount on {self.path} within {MOUNT_TIMEOUT:.0f} s:\n{self.log()}")
             time.sleep(0.05)
