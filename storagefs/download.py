@@ -37,15 +37,15 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
 from storagefs.backends.base import (
     META_MODE,
     META_MTIME,
-    Backend,
     BackendError,
+    ListPage,
     ObjectInfo,
 )
 from storagefs.config import ConfigError, Settings
@@ -72,6 +72,21 @@ LIST_PAGE = 1000
 NAME_MAX = 255  # bytes in one path component on Linux filesystems
 SHOWN_MAX = 50  # keys listed one by one in the human summary; --json lists them all
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
+
+
+class ObjectSource(Protocol):
+    """The part of the Backend protocol a download uses (the chain, in the command)."""
+
+    async def list(
+        self,
+        prefix: str,
+        *,
+        delimiter: str | None = "/",
+        token: str | None = None,
+        limit: int = 1000,
+    ) -> ListPage: ...
+
+    async def download(self, key: str, dest: str) -> ObjectInfo: ...
 
 
 class DownloadError(Exception):
@@ -111,7 +126,8 @@ def _path_problem(rel: str, is_dir: bool) -> str | None:
             return "NUL in the name"
         if len(part.encode()) > NAME_MAX:
             return f"a path component longer than {NAME_MAX} bytes"
-    if is_reserved_name(parts[0]) or (not is_dir and is_reserved_name(parts[-1])):
+    # The state files live at the top only; parts sit beside any file.
+    if is_reserved_name(parts[0]) or (not is_dir and is_part_name(parts[-1])):
         return "a name storagefs download keeps for itself"
     return None
 
@@ -128,11 +144,11 @@ def plan_tree(prefix: str, objects: Iterable[ObjectInfo]) -> Plan:
             invalid.append((key, f"outside the prefix {prefix!r}"))
             continue
         rel = key[len(prefix) :]
+        if not rel:
+            continue  # the prefix's own marker: the destination itself
         is_dir = rel.endswith("/")
         if is_dir:
             rel = rel[:-1]
-            if not rel:
-                continue  # the prefix's own marker: the destination itself
         problem = _path_problem(rel, is_dir)
         if problem is not None:
             invalid.append((key, problem))
@@ -306,7 +322,7 @@ class BulkDownload:
 
     def __init__(
         self,
-        backend: Backend,
+        backend: ObjectSource,
         prefix: str,
         dest: Path,
         *,
@@ -624,6 +640,7 @@ __all__ = [
     "DownloadError",
     "DownloadSummary",
     "Failure",
+    "ObjectSource",
     "Plan",
     "PlannedFile",
     "download_with_settings",
