@@ -117,9 +117,10 @@ def _refuse_unusable_start(stack: Stack) -> None:
     primary = chain.remotes[0]
     seen = chain.health_of[primary.name]
     if seen.reachable is False:
-        raise ConfigurationError(
-            f"cannot reach {primary.describe()}: {seen.last_error or 'no answer'}"
-        )
+        reason = (seen.last_error or "no answer").removeprefix("TransientError: ")
+        if not reason.startswith("cannot reach"):
+            reason = f"cannot reach {primary.describe()}: {reason}"
+        raise ConfigurationError(reason)
 
 
 def _backlog(chain: FallbackChain) -> tuple[int, int]:

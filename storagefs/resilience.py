@@ -306,7 +306,9 @@ class ResilientBackend:
         return self.inner.describe()
 
     async def open(self) -> None:
-        await self._call("open", "", self.inner.open)
+        # One attempt, no retries: the backend bounds it, and a mount must say within seconds
+        # whether it can start (a down remote is the chain's to handle, not to wait out).
+        await self.inner.open()
 
     async def close(self) -> None:
         # Closing releases local resources; neither retried nor subject to the breaker.

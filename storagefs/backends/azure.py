@@ -297,13 +297,15 @@ class AzureBackend:
     # --- lifecycle ---------------------------------------------------------------------
 
     async def open(self) -> None:
+        # Unreachable is TransientError: with a secondary the mount starts degraded; a lone
+        # primary that does not answer is refused by the daemon.
         with trio.move_on_after(OPEN_TIMEOUT):
             try:
                 await self.health()
             except TransientError as exc:
-                raise ConfigurationError(f"endpoint unreachable: {exc}") from None
+                raise TransientError(f"endpoint unreachable: {exc}") from None
             return
-        raise ConfigurationError(f"cannot reach {self._where}: no answer in {OPEN_TIMEOUT:g} s")
+        raise TransientError(f"cannot reach {self._where}: no answer in {OPEN_TIMEOUT:g} s")
 
     async def close(self) -> None:
         def close_all() -> None:

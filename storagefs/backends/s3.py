@@ -207,13 +207,15 @@ class S3Backend:
     # --- lifecycle -----------------------------------------------------------------------
 
     async def open(self) -> None:
+        # Unreachable is TransientError, not ConfigurationError: with a secondary the mount
+        # starts degraded; a lone primary that does not answer is refused by the daemon.
         with trio.move_on_after(OPEN_TIMEOUT) as scope:
             try:
                 await self._head_bucket("open")
             except TransientError as exc:
-                raise ConfigurationError(f"cannot reach {self.endpoint}: {exc}") from exc
+                raise TransientError(f"cannot reach {self.endpoint}: {exc}") from exc
         if scope.cancelled_caught:
-            raise ConfigurationError(
+            raise TransientError(
                 f"cannot reach {self.endpoint}: no answer within {OPEN_TIMEOUT:.0f} s"
             )
 
