@@ -12,9 +12,7 @@ waits until the thread of the previous one has really finished.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import threading
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime
@@ -41,6 +39,7 @@ from storagefs.backends.base import (
     PermissionDenied,
     TransientError,
 )
+from storagefs.backends.key_order import KeyOrder
 from storagefs.config import Settings
 
 if TYPE_CHECKING:
@@ -199,7 +198,7 @@ class S3Backend:
         )
         self._multipart_threshold = settings.multipart_threshold
         self._limiter = trio.CapacityLimiter(settings.max_requests)
-        self._changing: dict[str, trio.Event] = {}  # key -> set when its change has finished
+        self._order = KeyOrder()  # changes of one key land in the order they were made
 
     def describe(self) -> str:
         return f"s3://{self.bucket}/{self.prefix} at {self.endpoint}"
@@ -470,13 +469,9 @@ class S3Backend:
         """
         if changes is None:
             return await self._in_thread(op, key, fn)
-        while (previous := self._changing.get(changes)) is not None:
-            await previous.wait()
-        change = _Change(self._changing, changes)
-        try:
-            return await self._in_thread(op, key, change.wrap(fn))
-        finally:
-            change.release_if_never_started()
+        return await self._order.change(
+            changes, fn, lambda wrapped: self._in_thread(op, key, wrapped)
+        )
 
     async def _in_thread(self, op: str, key: str, fn: Callable[[], T]) -> T:
         try:
@@ -498,47 +493,3 @@ class _KnownObject(BaseSubscriber):
         future.meta.provide_transfer_size(self._size)
         if self._etag is not None:
             future.meta.provide_object_etag(self._etag)
-
-
-class _Change:
-    """One in-flight change of a key; its event is set when its thread has truly ended.
-
-    A cancelled caller may leave the thread running (abandoned) or may never have started it
-    (cancelled while waiting for the limiter). The lock decides which, so the key is released
-    exactly once: by the thread when it ran, by the caller when it never will.
-    """
-
-    def __init__(self, registry: dict[str, trio.Event], key: str) -> None:
-        self._registry = registry
-        self._key = key
-        self._done = trio.Event()
-        registry[key] = self._done
-        self._token = trio.lowlevel.current_trio_token()
-        self._lock = threading.Lock()
-        self._state = "pending"  # -> "running" (thread owns release) | "skipped"
-
-    def wrap(self, fn: Callable[[], T]) -> Callable[[], T]:
-        def run() -> T:
-            with self._lock:
-                if self._state == "skipped":
-                    raise RuntimeError("change skipped: its caller was cancelled")
-                self._state = "running"
-            try:
-                return fn()
-            finally:
-                with contextlib.suppress(trio.RunFinishedError):
-                    self._token.run_sync_soon(self._release)
-
-        return run
-
-    def release_if_never_started(self) -> None:
-        with self._lock:
-            if self._state != "pending":
-                return
-            self._state = "skipped"
-        self._release()
-
-    def _release(self) -> None:
-        if self._registry.get(self._key) is self._done:
-            del self._registry[self._key]
-        self._done.set()

@@ -271,7 +271,7 @@ async def test_a_change_waits_for_an_abandoned_change_of_the_same_key() -> None:
         assert order == ["other"]  # another key is not held up; the same key is
         release.set()
     assert order == ["other", "first", "second"]
-    assert backend._changing == {}
+    assert not backend._order.busy("k")
 
 
 async def test_a_change_cancelled_before_it_started_releases_its_key() -> None:
@@ -286,7 +286,7 @@ async def test_a_change_cancelled_before_it_started_releases_its_key() -> None:
         await trio.sleep(0.05)
         with trio.move_on_after(0.1):  # cancelled while waiting for the limiter
             await backend._call("write", "k", lambda: None, changes="k")
-        assert "k" not in backend._changing
+        assert not backend._order.busy("k")
         release.set()
     with trio.fail_after(2):
         await backend._call("write", "k", lambda: None, changes="k")
