@@ -45,6 +45,19 @@ def _guarded(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[A
         except OSError as exc:
             log.warning("%s failed: %s", fn.__name__, exc)
             raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
+        except ExceptionGroup as group:
+            # Concurrent work inside the core: answer with what its first failure means.
+            first: BaseException = group
+            while isinstance(first, BaseExceptionGroup):
+                first = first.exceptions[0]
+            if isinstance(first, FSError | BackendError):
+                log.warning("%s failed: %s: %s", fn.__name__, type(first).__name__, first)
+                raise pyfuse3.FUSEError(errno_for(first)) from None
+            log.exception("unexpected error in %s; answered EIO", fn.__name__)
+            ops = args[0]
+            if isinstance(ops, StorageOperations):
+                ops.on_unexpected(group)
+            raise pyfuse3.FUSEError(errno.EIO) from None
         except Exception as exc:
             log.exception("unexpected error in %s; answered EIO", fn.__name__)
             ops = args[0]

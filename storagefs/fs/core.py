@@ -14,12 +14,20 @@ import os
 import stat
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
+from typing import TypeVar
 
 import trio
 
-from storagefs.backends.base import Backend, BackendError, NotFound, ObjectInfo
+from storagefs.backends.base import (
+    Backend,
+    BackendError,
+    BackendUnavailable,
+    NotFound,
+    ObjectInfo,
+    TransientError,
+)
 from storagefs.fs.attrs import Attrs, Defaults, attrs_from_object
 from storagefs.fs.dirs import DirCache, Entry, Listing, list_directory
 from storagefs.fs.errors import FSError
@@ -36,6 +44,8 @@ from storagefs.fs.names import (
 )
 
 log = logging.getLogger("storagefs.fs")
+
+T = TypeVar("T")
 
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
@@ -233,6 +243,7 @@ class Filesystem:
         file_info: ObjectInfo | None = None
         dir_marker: ObjectInfo | None = None
         is_dir = False
+        failures: list[BackendError] = []
 
         async def head() -> None:
             nonlocal file_info
@@ -240,10 +251,16 @@ class Filesystem:
                 file_info = await self.backend.stat(path)
             except NotFound:
                 pass
+            except BackendError as exc:
+                failures.append(exc)
 
         async def probe_dir() -> None:
             nonlocal dir_marker, is_dir
-            page = await self.backend.list(dir_prefix(path), delimiter="/", limit=1)
+            try:
+                page = await self.backend.list(dir_prefix(path), delimiter="/", limit=1)
+            except BackendError as exc:
+                failures.append(exc)
+                return
             if page.objects or page.prefixes:
                 is_dir = True
                 if page.objects and page.objects[0].key == dir_prefix(path):
@@ -252,18 +269,29 @@ class Filesystem:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(head)
             nursery.start_soon(probe_dir)
+        # One answer is enough: when every remote is down the cache may know the directory
+        # (from the files below it) but not the marker, or the file but not the listing.
         if is_dir:
             meta = None
             if dir_marker is not None:
                 try:
                     meta = (await self.backend.stat(dir_marker.key)).metadata
-                except NotFound:
-                    meta = None
+                except BackendError:
+                    meta = self.meta.get(dir_marker.key, "dir")
                 if meta is not None:
                     self.meta.put(dir_marker.key, "dir", meta)
             attrs = attrs_from_object(dir_marker, True, self.defaults, meta or {})
             return self.inodes.upsert(path, attrs, None, self._expiry())
         if file_info is None:
+            unanswered = (BackendUnavailable, TransientError)
+            for failure in failures:
+                if not isinstance(failure, unanswered):
+                    raise failure
+            if failures:
+                # No remote answers and neither the journal nor the cache knows the name:
+                # treat it as absent, so new files can still be created (and journaled)
+                # during a total outage. If it does exist remotely, the newer write wins.
+                log.debug("no backend answers for %r; treating it as absent", path)
             raise FSError(errno.ENOENT)
         meta = file_info.metadata or {}
         self._remember_meta(file_info, meta)
@@ -846,9 +874,7 @@ class Filesystem:
             if meta is not None:  # the copy keeps the metadata: so does our memory of it
                 self.meta.put(new_key, "dir" if is_marker else info.etag, meta)
 
-        async with trio.open_nursery() as nursery:
-            for obj in objects:
-                nursery.start_soon(copy_one, obj)
+        await run_all(copy_one, objects)
         if prefix not in keys:
             # An implicit source directory: give the target a marker so it survives emptying.
             await self.backend.write_bytes(dst + "/", b"", node.attrs.to_metadata())
@@ -861,9 +887,7 @@ class Filesystem:
         # a directory that looks empty while its files still exist only at the old name.
         files = [k for k in keys if not k.endswith("/")]
         markers = sorted((k for k in keys if k.endswith("/")), key=len, reverse=True)
-        async with trio.open_nursery() as nursery:
-            for key in files:
-                nursery.start_soon(delete_one, key)
+        await run_all(delete_one, files)
         for key in markers:
             await self.backend.delete(key)
         for key in keys:
@@ -887,6 +911,24 @@ class Filesystem:
             "f_favail": 1 << 32,
             "f_namemax": 255,
         }
+
+
+async def run_all(fn: Callable[[T], Awaitable[None]], items: Iterable[T]) -> None:
+    """``fn(item)`` for every item concurrently; the first failure is raised as itself (not
+    wrapped in an ExceptionGroup), after every call has ended."""
+    failures: list[Exception] = []
+
+    async def one(item: T) -> None:
+        try:
+            await fn(item)
+        except Exception as exc:
+            failures.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        for item in items:
+            nursery.start_soon(one, item)
+    if failures:
+        raise failures[0]
 
 
 def path_is_open(fs: Filesystem, node: Node) -> bool:

@@ -436,3 +436,23 @@ async def test_health_tree_is_virtual_and_read_only(
     dh = await fs.opendir(ROOT_INODE)
     assert ".health" not in [e.name for e in fs.readdir(dh, 0)]
     assert not [c for c in backend.calls if c[1].startswith(".health")]
+
+
+async def test_lookup_with_no_backend_answering(
+    backend: MemoryBackend, tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """A name nobody can vouch for is absent (so new files can be written to the journal
+    during an outage); a refusal that is an answer (access denied) is raised as such."""
+    from storagefs.backends.base import BackendUnavailable, PermissionDenied
+    from tests.fault_injection import FaultyBackend
+
+    faulty = FaultyBackend(backend)
+    fs = make_fs(faulty, tmp_path, ttl=0.0)
+    fs.attach(nursery)
+    faulty.set_down(BackendUnavailable("down"))
+    with pytest.raises(FSError) as e:
+        await fs.lookup(ROOT_INODE, "unknown")
+    assert errno_of(e) == errno.ENOENT
+    faulty.set_down(PermissionDenied("no"))
+    with pytest.raises(PermissionDenied):
+        await fs.lookup(ROOT_INODE, "unknown")
