@@ -402,15 +402,16 @@ class FaultProxy:
                 with contextlib.suppress(OSError):
                     dst.shutdown(socket.SHUT_WR)
                 return
+            # Counted before sending, so a client that got the bytes sees them counted.
+            if up:
+                self.stats.bytes_up += len(data)
+            else:
+                self.stats.bytes_down += len(data)
             try:
                 await loop.sock_sendall(dst, data)
             except OSError:
                 self._drop(conn)
                 return
-            if up:
-                self.stats.bytes_up += len(data)
-            else:
-                self.stats.bytes_down += len(data)
 
     @staticmethod
     async def _swallow(sock: socket.socket) -> None:
