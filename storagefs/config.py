@@ -91,6 +91,13 @@ class Settings(BaseSettings):
         default=5.0, ge=0, description="Seconds attributes and listings are trusted."
     )
 
+    listing_head_limit: int = Field(
+        default=256,
+        ge=0,
+        description="A listing fetches stored attributes (one HEAD each, in parallel) for at"
+        " most this many never-seen objects; larger listings show listing attributes.",
+    )
+
     # --- retries and breakers (storagefs.resilience) -------------------------------------
     retry_attempts: int = Field(default=4, ge=1, le=20)
     retry_initial_backoff: float = Field(default=0.1, gt=0)

@@ -63,9 +63,9 @@ class FsOptions:
     uid: int = dataclasses.field(default_factory=os.getuid)
     gid: int = dataclasses.field(default_factory=os.getgid)
     metadata_cache: Path | None = None  # None: in memory only
-    # Listings with more never-seen entries than this show default attributes instead of
-    # paying one HEAD per entry (they are HEADed one by one when stat'ed).
-    listing_head_limit: int = 20_000
+    # Listings with more never-seen entries than this show listing attributes (size, store
+    # mtime, default mode) instead of paying one HEAD per entry; see docs/SEMANTICS.md.
+    listing_head_limit: int = 256
     listing_head_parallelism: int = 32
 
 
@@ -231,7 +231,7 @@ class Filesystem:
 
     async def _resolve(self, path: str) -> Node:
         """Find ``path`` on the store: answered by the parent's listing when fresh, else by a
-        HEAD of the key and a one-entry listing of ``path/`` in parallel (file or directory)."""
+        HEAD of the key, then (no file) a one-entry listing of ``path/`` (a directory)."""
         parent, name = parent_and_name(path)
         cached = self.dirs.get(parent, self._now())
         if cached is not None:
@@ -266,9 +266,11 @@ class Filesystem:
                 if page.objects and page.objects[0].key == dir_prefix(path):
                     dir_marker = page.objects[0]
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(head)
-            nursery.start_soon(probe_dir)
+        # A HEAD first: most names are files, and one request beats two in parallel on a
+        # busy store. Only when it finds no file is "name/" listed to see a directory.
+        await head()
+        if file_info is None:
+            await probe_dir()
         # One answer is enough: when every remote is down the cache may know the directory
         # (from the files below it) but not the marker, or the file but not the listing.
         if is_dir:
