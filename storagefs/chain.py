@@ -458,7 +458,43 @@ class FallbackChain:
 
     # --- writes -----
 
+    # --- writes -----
+    #
+    # With one remote in write-through mode, a change that the remote applies before the call
+    # returns needs no journal: it is on the store before it is acknowledged. Only when the
+    # remote does not answer (or anything for the same keys is still journaled, to keep their
+    # order) does the change go through the journal. With a secondary, every change is
+    # journaled first, so the secondary gets it even if the daemon dies right after.
+
+    def _direct(self, *keys: str) -> bool:
+        return (
+            len(self.remotes) == 1
+            and self.settings.write_mode == "through"
+            and self.replayer.is_up(self.primary.name)
+            and all(self.journal.latest(k) is None for k in keys)
+        )
+
+    async def _try_direct(self, call: Callable[[Backend], Awaitable[T]]) -> tuple[bool, T | None]:
+        """(True, result) when the primary applied it in time; (False, None) to journal it."""
+        with trio.move_on_after(self.settings.write_deadline):
+            try:
+                result = await call(self.primary)
+            except _NOT_ANSWERING as exc:
+                self._saw(self.primary.name, exc)
+                return False, None
+            self._saw(self.primary.name, None)
+            return True, result
+        return False, None  # too slow: the journal takes it (an upload replayed is idempotent)
+
     async def write(self, key: str, source: str, metadata: Mapping[str, str]) -> ObjectInfo:
+        if self._direct(key):
+            done, info = await self._try_direct(lambda r: r.write(key, source, metadata))
+            if done and info is not None:
+                if info.size <= self.settings.multipart_threshold:
+                    await self._cache_best_effort(self.cache.store_copy(key, source, info))
+                else:
+                    await self._cache_best_effort(self.cache.discard(key))
+                return info
         entry = await self.journal.append_put(key, source, metadata)
         await self._cache_entry(entry)
         info = await self._settle(entry)
@@ -466,6 +502,11 @@ class FallbackChain:
         return info
 
     async def write_bytes(self, key: str, data: bytes, metadata: Mapping[str, str]) -> ObjectInfo:
+        if self._direct(key):
+            done, info = await self._try_direct(lambda r: r.write_bytes(key, data, metadata))
+            if done and info is not None:
+                await self._cache_best_effort(self.cache.store_bytes(key, data, info))
+                return info
         entry = await self.journal.append_put_bytes(key, data, metadata)
         await self._cache_best_effort(self.cache.store_bytes(key, data, self._journal_info(entry)))
         info = await self._settle(entry)
@@ -473,6 +514,11 @@ class FallbackChain:
         return info
 
     async def delete(self, key: str) -> None:
+        if self._direct(key):
+            done, _ = await self._try_direct(lambda r: r.delete(key))
+            if done:
+                await self._cache_best_effort(self.cache.discard(key))
+                return
         entry = await self.journal.append_delete(key)
         await self._cache_best_effort(self.cache.discard(key))
         await self._settle(entry)
@@ -480,6 +526,11 @@ class FallbackChain:
     async def copy(
         self, src: str, dst: str, metadata: Mapping[str, str] | None = None
     ) -> ObjectInfo:
+        if self._direct(src, dst):
+            done, info = await self._try_direct(lambda r: r.copy(src, dst, metadata))
+            if done and info is not None:
+                await self._cache_best_effort(self.cache.copy(src, dst, info.metadata))
+                return info
         source = await self.stat(src)  # NotFound for a missing source, as a store would say
         meta = dict(metadata) if metadata is not None else dict(source.metadata or {})
         entry = await self.journal.append_copy(src, dst, meta, size=source.size)

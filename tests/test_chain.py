@@ -618,3 +618,31 @@ async def test_a_whole_small_object_read_is_cached_for_outages(tmp_path: Path) -
     assert await chain.read("k", 0, 1 << 20) == b"small"
     assert chain.stale_reads == 1
     await chain.close()
+
+
+async def test_a_lone_remote_takes_changes_directly_and_the_journal_when_down(
+    tmp_path: Path,
+) -> None:
+    """One remote, write-through: an applied change skips the journal (it is on the store
+    before it is acknowledged); a change the remote cannot take is journaled, acknowledged,
+    ordered before later changes of the same key, and replayed when the remote is back."""
+    primary, _ = remotes()
+    async with running(tmp_path, (primary,)) as chain:
+        await chain.write_bytes("a", b"direct", META)
+        assert contents(primary) == {"a": b"direct"}
+        assert chain.journal.stats()["pending_entries"] == 0
+        assert primary.calls.get("write_bytes") == 1  # once, not again by the replayer
+
+        primary.set_down(BackendUnavailable("down"))
+        await chain.write_bytes("b", b"journaled", META)  # acknowledged on the journal
+        assert chain.journal_only_writes == 1
+        assert chain.journal.latest("b") is not None
+        primary.set_up()
+        # A later change of the same key must queue behind the journaled one.
+        await chain.write_bytes("b", b"newer", META)
+        assert await chain.flush(5.0)
+        assert contents(primary) == {"a": b"direct", "b": b"newer"}
+
+        with pytest.raises(NotFound):  # a refusal that is an answer: raised, not journaled
+            await chain.copy("missing", "x")
+        assert chain.journal.stats()["pending_entries"] == 0
