@@ -25,9 +25,9 @@ OPERATION_WORST = min(
     RETRY_ATTEMPTS * REQUEST_TIMEOUT + (RETRY_ATTEMPTS - 1) * RETRY_MAX_BACKOFF,
     max(OPERATION_DEADLINE, REQUEST_TIMEOUT),
 )
-# One shell command may need the breaker to open first: up to BREAKER_FAILURES failed
-# operations in a row (the stat and the listing of a lookup run in parallel, so usually one
-# round). Slack for process start-up and a loaded machine.
+# A command may have to wait out up to BREAKER_FAILURES failed operations in a row before the
+# breaker opens (a lookup HEADs the name, then lists name/: two). After that S3 is not asked.
+# Slack for process start-up and a loaded machine.
 FIRST_ANSWER_BOUND = BREAKER_FAILURES * OPERATION_WORST + 2.0
 # With the breaker open, S3 is not even asked: well under one attempt's timeout.
 OPEN_BREAKER_BOUND = REQUEST_TIMEOUT
