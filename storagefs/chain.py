@@ -56,12 +56,13 @@ class _AllDown(Exception):
 class RemoteHealth:
     """What the chain last saw of one remote (from its own calls and the replayer's)."""
 
-    __slots__ = ("failures", "last_error", "reachable", "since")
+    __slots__ = ("failures", "last_error", "last_failure", "reachable", "since")
 
     def __init__(self) -> None:
         self.reachable: bool | None = None  # None: not asked yet
         self.last_error: str | None = None
         self.since: float | None = None  # wall clock of the last change of `reachable`
+        self.last_failure: float | None = None  # time.monotonic() of the last failure
         self.failures = 0
 
     def saw(self, error: BaseException | None) -> None:
@@ -71,6 +72,7 @@ class RemoteHealth:
         self.reachable = ok
         if error is not None:
             self.failures += 1
+            self.last_failure = time.monotonic()
             self.last_error = f"{type(error).__name__}: {error}"[:300]
 
 
@@ -191,9 +193,24 @@ class FallbackChain:
     def _replayed(self, name: str, error: BaseException | None) -> None:
         self.health_of[name].saw(error)
 
+    def _read_order(self) -> builtins.list[Backend]:
+        """The remotes in chain order, except that one which failed in the last
+        ``breaker_reset`` seconds is asked last. A hung primary then costs one timed-out
+        operation, not one per call until its breaker has counted enough failures."""
+        now = time.monotonic()
+        fresh: builtins.list[Backend] = []
+        suspect: builtins.list[Backend] = []
+        for remote in self.remotes:
+            failed = self.health_of[remote.name].last_failure
+            recent = failed is not None and now - failed < self.settings.breaker_reset
+            (
+                suspect if recent and self.health_of[remote.name].reachable is False else fresh
+            ).append(remote)
+        return fresh + suspect
+
     async def _first_answer(self, call: Callable[[Backend], Awaitable[T]]) -> T:
         last: BaseException | None = None
-        for remote in self.remotes:
+        for remote in self._read_order():
             try:
                 result = await call(remote)
             except _NOT_ANSWERING as exc:
@@ -253,7 +270,7 @@ class FallbackChain:
         """The first answer for ``key`` from the remotes in order, each asked where
         :meth:`_where` says; _AllDown when none answers."""
         last: BaseException | None = None
-        for remote in self.remotes:
+        for remote in self._read_order():
             where = self._where(key, entry, remote)
             if where is None:
                 await trio.lowlevel.checkpoint()
@@ -368,8 +385,8 @@ class FallbackChain:
         range merged in (so a page may hold a few more than ``limit`` names), in byte order
         within the page. A token stays valid across a failover (see chain_listing)."""
         state = listing.decode_token(token) if token is not None else None
-        names = [r.name for r in self.remotes]
-        order = list(self.remotes)
+        order = self._read_order()
+        names = [r.name for r in order]
         if state is not None and state.backend in names:
             start = names.index(state.backend)
             order = [order[start], *order[:start], *order[start + 1 :]]

@@ -111,6 +111,7 @@ async def test_reads_fall_back_to_the_secondary(tmp_path: Path) -> None:
         assert status["remotes"][0]["reachable"] is False and status["degraded"]
         assert status["remotes"][1]["reachable"] is True
         primary.set_up()
+        await trio.sleep(0.06)  # a remote that just failed is asked last for breaker_reset
         assert await chain.read("old", 0, 100) == b"from primary"
         assert chain.stale_reads == 0
 
@@ -646,3 +647,24 @@ async def test_a_lone_remote_takes_changes_directly_and_the_journal_when_down(
         with pytest.raises(NotFound):  # a refusal that is an answer: raised, not journaled
             await chain.copy("missing", "x")
         assert chain.journal.stats()["pending_entries"] == 0
+
+
+async def test_a_remote_that_just_failed_is_asked_last(tmp_path: Path) -> None:
+    """A hung primary must cost one timed-out operation, not one per call until its breaker
+    opens: for breaker_reset seconds after a failure, reads go to the secondary first."""
+    primary, secondary = remotes()
+    for backend in (primary, secondary):
+        await store(backend).write_bytes("k", b"v", META)
+    async with running(tmp_path, (primary, secondary), breaker_reset=30.0) as chain:
+        primary.set_down(TransientError("hung"))
+        assert await chain.read("k", 0, 10) == b"v"
+        asked = primary.calls.get("read", 0)
+        assert asked == 1
+        assert await chain.read("k", 0, 10) == b"v"
+        await chain.stat("k")
+        assert primary.calls.get("read", 0) == asked
+        assert primary.calls.get("stat", 0) == 0
+    async with running(tmp_path / "again", (primary, secondary), breaker_reset=1e-6) as chain:
+        await chain.read("k", 0, 10)
+        await chain.read("k", 0, 10)
+        assert primary.calls["read"] == asked + 2  # no grace period: asked first every time
