@@ -45,6 +45,8 @@ log = logging.getLogger("storagefs.chain")
 
 _NOT_ANSWERING = (BackendUnavailable, TransientError)
 CACHE = "cache"  # the name the local copies go by in listing tokens
+CACHE_QUEUE = 256  # small direct writes waiting to be copied into the cache
+SMALL_CACHE_COPY = 1024 * 1024  # larger direct writes are not copied into the cache
 
 
 class _AllDown(Exception):
@@ -109,6 +111,8 @@ class FallbackChain:
             on_result=self._replayed,
             refusal_abandons=settings.write_mode == "through",
         )
+        self._cache_queue: trio.MemorySendChannel[Callable[[], Awaitable[None]]] | None = None
+        self._cache_cancel: trio.CancelScope | None = None
         self.stale_reads = 0
         self.last_stale_read: float | None = None  # wall clock
         self.journal_only_writes = 0  # through-mode writes acknowledged without the primary
@@ -156,11 +160,41 @@ class FallbackChain:
         await self.journal.close()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """The background work (the replayer; the cache evicts on insert) until :meth:`stop`."""
-        await self.replayer.run(task_status=task_status)
+        """The background work until :meth:`stop`: the replayer, and the cache filler that
+        keeps cache stores of small direct writes off the write path (the cache evicts on
+        insert)."""
+        send, receive = trio.open_memory_channel[Callable[[], Awaitable[None]]](CACHE_QUEUE)
+        async with trio.open_nursery() as nursery:
+            self._cache_cancel = nursery.cancel_scope
+            self._cache_queue = send
+            nursery.start_soon(self._fill_cache, receive)
+            await nursery.start(self.replayer.run)
+            task_status.started()
+        self._cache_queue = None
 
     def stop(self) -> None:
         self.replayer.stop()
+        if self._cache_queue is not None:
+            self._cache_queue.close()  # the filler finishes what is queued, then ends
+
+    async def _fill_cache(
+        self, receive: trio.MemoryReceiveChannel[Callable[[], Awaitable[None]]]
+    ) -> None:
+        # One consumer, in order: the cache sees a key's changes in the order they were made.
+        async with receive:
+            async for work in receive:
+                await self._cache_best_effort(work())
+
+    async def _cache_soon(self, work: Callable[[], Awaitable[None]]) -> None:
+        """Cache upkeep after a direct write, off the write path when the chain is running."""
+        if self._cache_queue is not None:
+            try:
+                self._cache_queue.send_nowait(work)
+                await trio.lowlevel.checkpoint()
+                return
+            except (trio.WouldBlock, trio.ClosedResourceError):
+                pass  # full (back-pressure) or stopping: do it now
+        await self._cache_best_effort(work())
 
     async def flush(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109
         """Wait until every remote has every journaled entry; False if ``timeout`` ran out."""
@@ -507,10 +541,13 @@ class FallbackChain:
         if self._direct(key):
             done, info = await self._try_direct(lambda r: r.write(key, source, metadata))
             if done and info is not None:
-                if info.size <= self.settings.multipart_threshold:
-                    await self._cache_best_effort(self.cache.store_copy(key, source, info))
-                else:
-                    await self._cache_best_effort(self.cache.discard(key))
+                if info.size <= SMALL_CACHE_COPY:
+                    with open(source, "rb") as f:  # small and local: cheaper than a thread hop
+                        data = f.read()
+                    written = info
+                    await self._cache_soon(lambda: self.cache.store_bytes(key, data, written))
+                else:  # the staging file keeps changing: drop the stale copy instead
+                    await self._cache_soon(lambda: self.cache.discard(key))
                 return info
         entry = await self.journal.append_put(key, source, metadata)
         await self._cache_entry(entry)
@@ -522,8 +559,9 @@ class FallbackChain:
         if self._direct(key):
             done, info = await self._try_direct(lambda r: r.write_bytes(key, data, metadata))
             if done and info is not None:
-                await self._cache_best_effort(self.cache.store_bytes(key, data, info))
-                return info
+                written = info
+                await self._cache_soon(lambda: self.cache.store_bytes(key, data, written))
+                return written
         entry = await self.journal.append_put_bytes(key, data, metadata)
         await self._cache_best_effort(self.cache.store_bytes(key, data, self._journal_info(entry)))
         info = await self._settle(entry)
@@ -534,7 +572,7 @@ class FallbackChain:
         if self._direct(key):
             done, _ = await self._try_direct(lambda r: r.delete(key))
             if done:
-                await self._cache_best_effort(self.cache.discard(key))
+                await self._cache_soon(lambda: self.cache.discard(key))
                 return
         entry = await self.journal.append_delete(key)
         await self._cache_best_effort(self.cache.discard(key))
@@ -546,7 +584,8 @@ class FallbackChain:
         if self._direct(src, dst):
             done, info = await self._try_direct(lambda r: r.copy(src, dst, metadata))
             if done and info is not None:
-                await self._cache_best_effort(self.cache.copy(src, dst, info.metadata))
+                meta = info.metadata
+                await self._cache_soon(lambda: self.cache.copy(src, dst, meta))
                 return info
         source = await self.stat(src)  # NotFound for a missing source, as a store would say
         meta = dict(metadata) if metadata is not None else dict(source.metadata or {})
