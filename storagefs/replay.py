@@ -24,6 +24,7 @@ The replay bandwidth cap is shared by all targets (it protects the local uplink)
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import enum
 import logging
@@ -44,6 +45,7 @@ from storagefs.backends.base import (
     TransientError,
 )
 from storagefs.journal import ContentCorrupt, Entry, Journal, Op
+from storagefs.logs import request_id
 
 log = logging.getLogger("storagefs.replay")
 
@@ -128,6 +130,10 @@ class Replayer:
         self.max_backoff = max(max_backoff, initial_backoff)
         self.on_result = on_result
         self.refusal_abandons = refusal_abandons
+        # Wraps each entry's replay (telemetry sets a background transaction here).
+        self.around_apply: Callable[[], contextlib.AbstractContextManager[None]] = (
+            contextlib.nullcontext
+        )
         self.state = {name: TargetState() for name in self.order}
         self.running = False
         self._stopping = False
@@ -278,9 +284,14 @@ class Replayer:
 
     async def _apply(self, target: str, entry: Entry, started_up: bool) -> None:
         state = self.state[target]
+        # Every log line of this entry's replay, retries in the backend included, carries
+        # "journal-<seq>"; telemetry may time it as a background transaction.
+        token = request_id.set(f"journal-{entry.seq}")
         try:
-            await self._apply_once(target, entry, state, started_up)
+            with self.around_apply():
+                await self._apply_once(target, entry, state, started_up)
         finally:
+            request_id.reset(token)
             state.in_flight.discard(entry.seq)
             self._wake.set()
 

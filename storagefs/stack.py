@@ -17,6 +17,7 @@ from storagefs.backends.local import LocalBackend
 from storagefs.chain import FallbackChain
 from storagefs.config import Settings, default_data_dir
 from storagefs.health import HealthReport
+from storagefs.metric_names import TASK_JOURNAL_REPLAY
 from storagefs.resilience import ResilientBackend, RetryPolicy
 from storagefs.telemetry import Telemetry, telemetry_from_environment
 
@@ -57,4 +58,5 @@ def build_stack(settings: Settings, cache_dir: Path) -> Stack:
     chain = FallbackChain.from_settings(
         [telemetry.instrument(r) for r in remotes], settings, directory=cache_dir
     )
+    chain.replayer.around_apply = lambda: telemetry.background_task(TASK_JOURNAL_REPLAY)
     return Stack(chain, remotes, telemetry, HealthReport(remotes, chain))

@@ -3,9 +3,10 @@ lost, the replayer keeps per-key order, and the overlay shows pending state at o
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -668,3 +669,32 @@ async def test_a_remote_that_just_failed_is_asked_last(tmp_path: Path) -> None:
         await chain.read("k", 0, 10)
         await chain.read("k", 0, 10)
         assert primary.calls["read"] == asked + 2  # no grace period: asked first every time
+
+
+async def test_replay_runs_under_the_journal_entry_id(tmp_path: Path) -> None:
+    """Backend calls (and their retries' log lines) made while replaying an entry carry the
+    correlation id journal-<seq>; the telemetry hook wraps each replay."""
+    from storagefs.logs import request_id
+
+    seen: list[str | None] = []
+
+    class Recording(MemoryBackend):
+        async def write_bytes(self, key: str, data: bytes, metadata: Any) -> Any:
+            seen.append(request_id.get())
+            return await super().write_bytes(key, data, metadata)
+
+    wrapped: list[int] = []
+
+    @contextlib.contextmanager
+    def around() -> Iterator[None]:
+        wrapped.append(1)
+        yield
+
+    primary, secondary = Recording("primary"), Recording("secondary")
+    async with running(tmp_path, (primary, secondary)) as chain:
+        chain.replayer.around_apply = around
+        await chain.write_bytes("k", b"v", META)
+        assert await chain.flush(5.0)
+        seq = 1
+    assert seen == [f"journal-{seq}", f"journal-{seq}"]
+    assert len(wrapped) == 2
