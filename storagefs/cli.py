@@ -199,7 +199,11 @@ def _wait_drained(mountpoint: Path, timeout: float | None, quiet: bool = False) 
 
 @main.command()
 @click.argument("mountpoint", type=click.Path(path_type=Path))
-@click.option("--timeout", type=float, help="Give up after this many seconds (default: never).")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    help="Give up after this many seconds (default: never).",
+)
 def flush(mountpoint: Path, timeout: float | None) -> None:
     """Wait until every journaled change has reached every backend.
 
@@ -224,7 +228,7 @@ def flush(mountpoint: Path, timeout: float | None) -> None:
 @click.option("--no-wait", is_flag=True, help="Do not wait for the journal to drain first.")
 @click.option(
     "--timeout",
-    type=float,
+    type=click.FloatRange(min=0),
     default=300.0,
     show_default=True,
     help="Seconds to wait for the journal to drain before unmounting anyway.",
