@@ -33,6 +33,7 @@ from storagefs.backends.base import (
     NotFound,
     ObjectInfo,
     TransientError,
+    peek,
 )
 from storagefs.cache import Cache
 from storagefs.config import Settings
@@ -354,6 +355,22 @@ class FallbackChain:
         if entry is not None:  # a pending COPY keeping its source's metadata
             return self._pending_info(key, entry, info.metadata)
         return info
+
+    async def peek(self, key: str, length: int) -> tuple[ObjectInfo, bytes]:
+        """stat + the first ``length`` bytes, in one request to a remote when nothing of the
+        key is journaled (the overlay and the cache answer through stat and read)."""
+        if self.journal.latest(key) is None:
+            try:
+                info, data = await self._first_answer(lambda r: peek(r, key, length))
+            except _AllDown:
+                pass
+            else:
+                if len(data) >= info.size:  # the whole object: keep a clean copy, as read does
+                    await self._cache_best_effort(self.cache.store_bytes(key, data, info))
+                return info, data
+        info = await self.stat(key)
+        data = await self.read(key, 0, min(length, info.size)) if info.size else b""
+        return info, data
 
     async def read(self, key: str, offset: int, length: int) -> bytes:
         async def local(put: Entry) -> bytes:

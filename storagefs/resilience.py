@@ -57,6 +57,7 @@ from storagefs.backends.base import (
     NotFound,
     ObjectInfo,
     TransientError,
+    peek,
 )
 from storagefs.config import Settings
 
@@ -318,6 +319,11 @@ class ResilientBackend:
         info = await self._call("stat", key, lambda: self.inner.stat(key))
         self._remember(info)
         return info
+
+    async def peek(self, key: str, length: int) -> tuple[ObjectInfo, bytes]:
+        info, data = await self._call("peek", key, lambda: peek(self.inner, key, length))
+        self._remember(info)
+        return info, data
 
     async def list(
         self,

@@ -31,7 +31,7 @@ from typing import Any, Protocol, TypeVar
 import trio
 
 from storagefs import metric_names as m
-from storagefs.backends.base import Backend, ListPage, NotFound, ObjectInfo
+from storagefs.backends.base import Backend, ListPage, NotFound, ObjectInfo, peek
 from storagefs.redact import redact
 
 T = TypeVar("T")
@@ -331,6 +331,12 @@ class InstrumentedBackend:
     async def stat(self, key: str) -> ObjectInfo:
         info: ObjectInfo = await self._timed("stat", lambda: self.inner.stat(key))
         return info
+
+    async def peek(self, key: str, length: int) -> tuple[ObjectInfo, bytes]:
+        found: tuple[ObjectInfo, bytes] = await self._timed(
+            "peek", lambda: peek(self.inner, key, length)
+        )
+        return found
 
     async def list(
         self,

@@ -146,3 +146,19 @@ class Backend(Protocol):
     async def health(self) -> None:
         """A cheap request proving the store answers; raises a classified error if not."""
         ...
+
+
+async def peek(backend: Backend, key: str, length: int) -> tuple[ObjectInfo, bytes]:
+    """What ``stat`` says of ``key`` plus its first ``length`` bytes.
+
+    A backend may implement ``peek`` itself in one request (S3: a ranged GET carries the
+    same headers a HEAD does), which makes a cold ``cat`` of a small file one round trip
+    instead of two. Without it, this is ``stat`` then ``read``."""
+    own = getattr(backend, "peek", None)
+    if own is not None:
+        result: tuple[ObjectInfo, bytes] = await own(key, length)
+        return result
+    info = await backend.stat(key)
+    data = await backend.read(key, 0, min(length, info.size)) if info.size else b""
+    return info, data
+

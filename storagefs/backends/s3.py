@@ -305,6 +305,36 @@ class S3Backend:
 
         return await self._call("read", key, get)
 
+    async def peek(self, key: str, length: int) -> tuple[ObjectInfo, bytes]:
+        """stat + the first ``length`` bytes in one ranged GET (its headers are a HEAD's)."""
+        if length <= 0:
+            return await self.stat(key), b""
+        full = self._full(key)
+
+        def get() -> tuple[ObjectInfo, bytes] | None:
+            try:
+                resp = self._client.get_object(
+                    Bucket=self.bucket, Key=full, Range=f"bytes=0-{length - 1}"
+                )
+            except botocore.exceptions.ClientError as exc:
+                if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 416:
+                    return None  # an empty object has no byte 0
+                raise
+            body = resp["Body"]
+            try:
+                data = body.read()
+            finally:
+                body.close()
+            total = str(resp.get("ContentRange", "")).rpartition("/")[2]
+            size = int(total) if total.isdigit() else int(resp.get("ContentLength", len(data)))
+            head = {**resp, "ContentLength": size}
+            return self._head_info(key, head), data
+
+        found = await self._call("peek", key, get)
+        if found is None:
+            return await self.stat(key), b""
+        return found
+
     async def download(self, key: str, dest: str) -> ObjectInfo:
         full = self._full(key)
         info = await self.stat(key)

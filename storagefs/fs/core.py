@@ -7,6 +7,7 @@ key is its path, a directory's marker key is its path plus "/". Every method rai
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import errno
 import logging
@@ -27,6 +28,7 @@ from storagefs.backends.base import (
     NotFound,
     ObjectInfo,
     TransientError,
+    peek,
 )
 from storagefs.fs.attrs import Attrs, Defaults, attrs_from_object
 from storagefs.fs.dirs import DirCache, Entry, Listing, list_directory
@@ -51,6 +53,9 @@ RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 # Server-side copies in flight while renaming a directory tree.
 RENAME_PARALLELISM = 16
+# Small files whose content a lookup fetched, kept until their first read (bounded memory:
+# at most PEEKED_FILES x peek_bytes).
+PEEKED_FILES = 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +72,9 @@ class FsOptions:
     # mtime, default mode) instead of paying one HEAD per entry; see docs/SEMANTICS.md.
     listing_head_limit: int = 256
     listing_head_parallelism: int = 32
+    # A cold lookup reads this many bytes with the attributes; files up to this size are then
+    # read without another request.
+    peek_bytes: int = 64 * 1024
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -93,6 +101,8 @@ class Filesystem:
         self._dir_handles: dict[int, tuple[str, list[Entry]]] = {}
         self._next_fh = 1
         self._nursery: trio.Nursery | None = None
+        # Small files' contents fetched by lookups (peek), by path: (etag, bytes).
+        self._peeked: collections.OrderedDict[str, tuple[str, bytes]] = collections.OrderedDict()
         self.health = HealthTree(health, options.uid, options.gid)
         self._health_files: dict[int, bytes] = {}  # open /.health files: their snapshot
         self._health_dirs: dict[int, list[Node]] = {}
@@ -112,6 +122,21 @@ class Filesystem:
     @property
     def dirty_files(self) -> int:
         return sum(1 for f in self._open.values() if f.dirty and not f.unlinked)
+
+    def _remember_content(self, path: str, etag: str, data: bytes) -> None:
+        self._peeked[path] = (etag, data)
+        self._peeked.move_to_end(path)
+        while len(self._peeked) > PEEKED_FILES:
+            self._peeked.popitem(last=False)
+
+    def _peeked_content(self, node: Node) -> bytes | None:
+        """The whole content a lookup already fetched, if it is still this object's."""
+        if node.path is None:
+            return None
+        found = self._peeked.pop(node.path, None)
+        if found is None or node.etag is None or found[0] != node.etag:
+            return None
+        return found[1] if len(found[1]) == node.attrs.size else None
 
     async def upload_all(self) -> None:
         """Upload every open file with changes (on unmount); failures are logged."""
@@ -248,7 +273,11 @@ class Filesystem:
         async def head() -> None:
             nonlocal file_info
             try:
-                file_info = await self.backend.stat(path)
+                # Not a bare HEAD: a peek returns the same attributes plus the first bytes,
+                # so the read that usually follows a cold lookup of a small file is free.
+                file_info, first = await peek(self.backend, path, self.options.peek_bytes)
+                if file_info.etag is not None and len(first) == file_info.size:
+                    self._remember_content(path, file_info.etag, first)
             except NotFound:
                 pass
             except BackendError as exc:
@@ -668,6 +697,10 @@ class Filesystem:
         if ofile.fd is not None:
             # Local disk: cheaper inline than a hop to a worker thread.
             return os.pread(ofile.fd, size, offset)
+        if handle.content is None and handle.reader is None:
+            handle.content = self._peeked_content(ofile.node)
+        if handle.content is not None:
+            return handle.content[offset : offset + size]
         if handle.reader is None:
             node = ofile.node
             assert self._nursery is not None, "Filesystem.attach() was not called"

@@ -123,3 +123,4 @@ class Handle:
     ofile: OpenFile
     writable: bool
     reader: ChunkReader | None = None
+    content: bytes | None = None  # a small file's whole content, fetched by its lookup

@@ -22,6 +22,7 @@ from storagefs.backends.base import (
     META_UID,
     Backend,
     NotFound,
+    peek,
 )
 from storagefs.backends.local import LocalBackend
 from storagefs.backends.s3 import S3Backend
@@ -464,3 +465,20 @@ async def test_health_and_describe(backend: Backend) -> None:
     await backend.health()
     assert backend.describe()
     assert isinstance(backend.name, str) and backend.name
+
+
+async def test_peek_is_stat_plus_the_first_bytes(backend: Backend) -> None:
+    await backend.write_bytes("p/k", b"abcdef", {"mode": "33188"})
+    await backend.write_bytes("p/empty", b"", {})
+    info, data = await peek(backend, "p/k", 4)
+    stat = await backend.stat("p/k")
+    assert data == b"abcd"
+    assert (info.size, info.etag, dict(info.metadata or {})) == (
+        stat.size,
+        stat.etag,
+        dict(stat.metadata or {}),
+    )
+    assert (await peek(backend, "p/k", 100))[1] == b"abcdef"
+    assert (await peek(backend, "p/empty", 4))[1] == b""
+    with pytest.raises(NotFound):
+        await peek(backend, "p/missing", 4)

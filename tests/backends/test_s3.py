@@ -24,6 +24,7 @@ from storagefs.backends.base import (
     NotFound,
     PermissionDenied,
     TransientError,
+    peek,
 )
 from storagefs.backends.s3 import S3Backend, classify
 from storagefs.config import Settings
@@ -296,3 +297,19 @@ def test_describe_names_bucket_prefix_and_endpoint() -> None:
     backend = S3Backend("bucket", "/a/b/", _settings("http://127.0.0.1:4566"))
     assert backend.describe() == "s3://bucket/a/b/ at http://127.0.0.1:4566"
     assert backend.prefix == "a/b/"
+
+
+async def test_peek_is_one_get_with_the_stat_answer(s3_bucket: S3Bucket) -> None:
+    """A cold lookup's peek: the same ObjectInfo a HEAD gives, the first bytes, one request."""
+    backend = S3Backend(s3_bucket.bucket, "p", _settings(s3_bucket.endpoint_url))
+    await backend.write_bytes("small", b"0123456789", {"mode": "33188"})
+    await backend.write_bytes("empty", b"", {"mode": "33188"})
+    requests = _Requests(backend)
+    info, data = await peek(backend, "small", 4)
+    assert requests.ops == ["GetObject"]
+    assert data == b"0123"
+    assert info == await backend.stat("small")
+    info, data = await peek(backend, "empty", 4)  # no byte 0: a 416, then a HEAD
+    assert (info.size, data, info.metadata) == (0, b"", {"mode": "33188"})
+    with pytest.raises(NotFound):
+        await peek(backend, "missing", 4)

@@ -58,6 +58,7 @@ async def test_sequential_read_fetches_chunks_once(
 ) -> None:
     blob = os.urandom(640 * 1024)
     await backend.write_bytes("seq", blob, {})
+    await resolve(fs, "seq")  # the lookup's peek is not the reader's business
     backend.calls.clear()
     assert await read_file(fs, "seq") == blob
     reads = [c for c in backend.calls if c[0] == "read"]
@@ -456,3 +457,21 @@ async def test_lookup_with_no_backend_answering(
     faulty.set_down(PermissionDenied("no"))
     with pytest.raises(PermissionDenied):
         await fs.lookup(ROOT_INODE, "unknown")
+
+
+async def test_a_cold_lookup_of_a_small_file_fetches_its_content_once(
+    fs: Filesystem, backend: MemoryBackend
+) -> None:
+    """lookup + open + read of a small file: the lookup's peek carries the bytes, the read
+    makes no request; a file changed since (other etag) is read from the store again."""
+    await backend.write_bytes("small", b"tiny file", {})
+    backend.calls.clear()
+    assert await read_file(fs, "small") == b"tiny file"
+    assert [c[0] for c in backend.calls] == ["stat", "read"]  # MemoryBackend has no own peek
+    ino = await resolve(fs, "small")
+    await backend.write_bytes("small", b"changed!!", {})  # same size, new etag
+    fs._peeked["small"] = ("stale-etag", b"tiny file")
+    fh, _ = await fs.open(ino, os.O_RDONLY)
+    fs.inodes.get(ino).etag = "current"
+    assert await fs.read(fh, 0, 100) == b"changed!!"
+    await fs.release(fh)
