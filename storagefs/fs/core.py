@@ -98,7 +98,7 @@ class Filesystem:
         self.meta = MetadataCache(options.metadata_cache)
         self._open: dict[int, OpenFile] = {}  # by inode
         self._handles: dict[int, Handle] = {}
-        self._dir_handles: dict[int, tuple[str, list[Entry]]] = {}
+        self._dir_handles: dict[int, tuple[str, list[Entry], dict[str, dict[str, str]] | None]] = {}
         self._next_fh = 1
         self._nursery: trio.Nursery | None = None
         # Small files' contents fetched by lookups (peek), by path: (etag, bytes).
@@ -181,7 +181,21 @@ class Filesystem:
         return attrs_from_object(info, False, self.defaults, metadata)
 
     def _remember_meta(self, info: ObjectInfo, metadata: Mapping[str, str]) -> None:
-        self.meta.put(info.key, info.etag, metadata)
+        self._memo(info.key, info.etag, metadata)
+
+    def _memo(self, key: str, etag: str | None, metadata: Mapping[str, str] | None) -> None:
+        """Remember (None: forget) an object's metadata, here and in its cached listing."""
+        if metadata is None:
+            self.meta.forget(key)
+        else:
+            self.meta.put(key, etag, metadata)
+        parent = parent_and_name(key.rstrip("/"))[0]
+        listing = self.dirs.get(parent, self._now())
+        if listing is not None and listing.meta is not None:
+            if metadata is None:
+                listing.meta.pop(key, None)
+            else:
+                listing.meta[key] = dict(metadata)
 
     async def _listing(self, path: str) -> Listing:
         listing = self.dirs.get(path, self._now())
@@ -208,6 +222,7 @@ class Filesystem:
                 key, etag = entry.info.key, entry.info.etag
             unknown.append((key, etag))
         known = self.meta.get_many(unknown)
+        listing.meta = known
         missing = [(k, e) for k, e in unknown if k not in known and e is not None]
         if not missing or len(missing) > self.options.listing_head_limit:
             return
@@ -227,19 +242,24 @@ class Filesystem:
                     if etag != "dir":
                         etag = info.etag
             self.meta.put(key, etag, meta)
+            known[key] = dict(meta)
 
         async with trio.open_nursery() as nursery:
             for key, etag in missing:
                 nursery.start_soon(head, key, etag)
 
-    def _entry_node(self, path: str, entry: Entry) -> Node:
-        """A node for a listing entry, using remembered metadata when the etag matches."""
+    def _entry_node(
+        self, path: str, entry: Entry, known: Mapping[str, dict[str, str]] | None = None
+    ) -> Node:
+        """A node for a listing entry, using remembered metadata when the etag matches
+        (``known``: the listing's batch of it, to spare one query per entry)."""
         if entry.is_dir:
             existing = self.inodes.by_path(path)
             if existing is not None and existing.attrs.is_dir:
                 existing.expires = max(existing.expires, self._expiry())
                 return existing
-            meta = self.meta.get(path + "/", "dir")
+            key = path + "/"
+            meta = known.get(key) if known is not None else self.meta.get(key, "dir")
             attrs = attrs_from_object(None, True, self.defaults, meta)
             return self.inodes.upsert(path, attrs, None, self._expiry())
         info = entry.info
@@ -247,7 +267,7 @@ class Filesystem:
         existing = self.inodes.by_path(path)
         if existing is not None and path_is_open(self, existing):
             return existing  # a local staging copy is newer than the listing
-        meta = self.meta.get(info.key, info.etag)
+        meta = known.get(info.key) if known is not None else self.meta.get(info.key, info.etag)
         same_object = existing is not None and existing.etag == info.etag
         if existing is not None and same_object and not existing.attrs.is_dir and meta is None:
             existing.expires = self._expiry()  # same object as before: keep what a HEAD said
@@ -310,7 +330,7 @@ class Filesystem:
                 except BackendError:
                     meta = self.meta.get(dir_marker.key, "dir")
                 if meta is not None:
-                    self.meta.put(dir_marker.key, "dir", meta)
+                    self._memo(dir_marker.key, "dir", meta)
             attrs = attrs_from_object(dir_marker, True, self.defaults, meta or {})
             return self.inodes.upsert(path, attrs, None, self._expiry())
         if file_info is None:
@@ -454,7 +474,7 @@ class Filesystem:
                 return  # the root has no marker object
             key = dir_prefix(node.path)
             await self.backend.write_bytes(key, b"", meta)
-            self.meta.put(key, "dir", meta)
+            self._memo(key, "dir", meta)
             return
         info = await self.backend.copy(node.path, node.path, meta)
         info = await self._with_etag(info)
@@ -490,7 +510,7 @@ class Filesystem:
         attrs = Attrs(stat.S_IFDIR | stat.S_IMODE(mode), uid, gid, 0, now, now, now)
         meta = attrs.to_metadata()
         await self.backend.write_bytes(dir_prefix(path), b"", meta)
-        self.meta.put(dir_prefix(path), "dir", meta)
+        self._memo(dir_prefix(path), "dir", meta)
         self.dirs.add(parent.path, Entry(name, True, None))
         self.dirs.put(path, Listing({}, None, self._expiry()))
         node = self.inodes.upsert(path, attrs, None, self._expiry())
@@ -530,7 +550,7 @@ class Filesystem:
         if await self._children(path):
             raise FSError(errno.ENOTEMPTY)
         await self.backend.delete(dir_prefix(path))
-        self.meta.forget(dir_prefix(path))
+        self._memo(dir_prefix(path), None, None)
         self.dirs.remove(parent.path, name)
         self.dirs.drop_tree(path)
         self.inodes.detach(path)
@@ -544,7 +564,7 @@ class Filesystem:
         assert node.path is not None
         listing = await self._listing(node.path)
         dh = self._new_fh()
-        self._dir_handles[dh] = (node.path, listing.sorted_entries())
+        self._dir_handles[dh] = (node.path, listing.sorted_entries(), listing.meta)
         return dh
 
     def readdir(self, dh: int, start: int) -> list[DirEntry]:
@@ -557,11 +577,11 @@ class Filesystem:
                 for i, n in enumerate(nodes[start:], start)
             ]
         try:
-            path, entries = self._dir_handles[dh]
+            path, entries, known = self._dir_handles[dh]
         except KeyError:
             raise FSError(errno.EBADF) from None
         return [
-            DirEntry(e.name, self._entry_node(child_path(path, e.name), e), index + 1)
+            DirEntry(e.name, self._entry_node(child_path(path, e.name), e, known), index + 1)
             for index, e in enumerate(entries[start:], start)
         ]
 
@@ -789,7 +809,7 @@ class Filesystem:
             raise FSError(errno.EISDIR)
         path = child_path(parent.path, name)
         await self.backend.delete(path)
-        self.meta.forget(path)
+        self._memo(path, None, None)
         ofile = self._open.get(node.ino)
         if ofile is not None:
             ofile.unlinked = True  # open handles keep working, nothing is uploaded again
@@ -874,7 +894,7 @@ class Filesystem:
         meta = node.attrs.to_metadata()
         info = await self.backend.copy(src, dst, meta)
         await self.backend.delete(src)
-        self.meta.forget(src)
+        self._memo(src, None, None)
         info = await self._with_etag(info)
         node.etag = info.etag
         self._remember_meta(info, meta)
@@ -907,7 +927,7 @@ class Filesystem:
             async with limiter:
                 info = await self.backend.copy(obj.key, new_key)
             if meta is not None:  # the copy keeps the metadata: so does our memory of it
-                self.meta.put(new_key, "dir" if is_marker else info.etag, meta)
+                self._memo(new_key, "dir" if is_marker else info.etag, meta)
 
         await run_all(copy_one, objects)
         if prefix not in keys:
@@ -926,7 +946,7 @@ class Filesystem:
         for key in markers:
             await self.backend.delete(key)
         for key in keys:
-            self.meta.forget(key)
+            self._memo(key, None, None)
 
     # --- misc -------------------------------------------------------------------------
 

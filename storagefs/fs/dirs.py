@@ -35,6 +35,9 @@ class Listing:
     entries: dict[str, Entry]
     marker: ObjectInfo | None  # the directory's own "dir/" marker object, if any
     expires: float
+    # Remembered metadata of the entries, by key, looked up once for the whole listing
+    # (one batched query instead of one per entry); None until filled.
+    meta: dict[str, dict[str, str]] | None = None
 
     def sorted_entries(self) -> list[Entry]:
         return sorted(self.entries.values(), key=lambda e: encode_name(e.name))

@@ -475,3 +475,18 @@ async def test_a_cold_lookup_of_a_small_file_fetches_its_content_once(
     fs.inodes.get(ino).etag = "current"
     assert await fs.read(fh, 0, 100) == b"changed!!"
     await fs.release(fh)
+
+
+async def test_a_listing_shows_a_chmod_made_after_it_was_cached(fs: Filesystem) -> None:
+    ino = await write_file(fs, "f", b"x")
+    await fs.mkdir(ROOT_INODE, "d", 0o755, 0, 0)
+    dh = await fs.opendir(ROOT_INODE)
+    fs.readdir(dh, 0)
+    await fs.setattr(ino, mode=0o600)
+    await fs.setattr(await resolve(fs, "d"), mode=0o700)
+    for node in list(fs.inodes._nodes.values()):  # the kernel forgot them: rebuilt from listing
+        if node.ino != ROOT_INODE:
+            fs.forget(node.ino, node.lookups)
+    dh = await fs.opendir(ROOT_INODE)
+    modes = {e.name: stat.S_IMODE(e.node.attrs.mode) for e in fs.readdir(dh, 0)}
+    assert modes == {"f": 0o600, "d": 0o700}
