@@ -16,6 +16,7 @@ write returns once journaled. The cache gets a copy of every write (best effort)
 from __future__ import annotations
 
 import builtins
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -187,7 +188,7 @@ class FallbackChain:
                 await self._cache_best_effort(work())
 
     async def _cache_soon(self, work: Callable[[], Awaitable[None]]) -> None:
-        """Cache upkeep after a direct write, off the write path when the chain is running."""
+        """Cache upkeep off the request path when the chain is running (in order)."""
         if self._cache_queue is not None:
             try:
                 self._cache_queue.send_nowait(work)
@@ -366,7 +367,8 @@ class FallbackChain:
                 pass
             else:
                 if len(data) >= info.size:  # the whole object: keep a clean copy, as read does
-                    await self._cache_best_effort(self.cache.store_bytes(key, data, info))
+                    found = info
+                    await self._cache_soon(lambda: self.cache.store_bytes(key, data, found))
                 return info, data
         info = await self.stat(key)
         data = await self.read(key, 0, min(length, info.size)) if info.size else b""
@@ -394,7 +396,7 @@ class FallbackChain:
                 # The whole object came back in one read (small files, the usual `cat`): keep
                 # a clean copy so it stays readable when no remote answers.
                 info = ObjectInfo(key, len(data), time.time())
-                await self._cache_best_effort(self.cache.store_bytes(key, data, info))
+                await self._cache_soon(functools.partial(self.cache.store_bytes, key, data, info))
             return data
         raise BackendUnavailable(f"{key!r} keeps changing under the read")
 
