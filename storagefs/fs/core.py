@@ -440,7 +440,7 @@ class Filesystem:
         if size is not None:
             if attrs.is_dir:
                 raise FSError(errno.EISDIR)
-            ofile = await self._open_for_change(node)
+            ofile = self._ofile_for(node)
             try:
                 async with ofile.lock:
                     await self._ensure_staging(ofile, truncate=size == 0)
@@ -598,9 +598,6 @@ class Filesystem:
         ofile.handles += 1
         node.handles += 1
         return ofile
-
-    async def _open_for_change(self, node: Node) -> OpenFile:
-        return self._ofile_for(node)
 
     def _release_ofile(self, ofile: OpenFile) -> None:
         ofile.handles -= 1
@@ -863,9 +860,7 @@ class Filesystem:
             if target.attrs.is_dir and await self._children(dst):
                 raise FSError(errno.ENOTEMPTY)
         if node.attrs.is_dir:
-            await self._rename_tree(src, dst, node)
-            if target is not None:
-                pass  # an empty target directory's marker was overwritten by ours
+            await self._rename_tree(src, dst, node)  # an empty target's marker is replaced
         else:
             await self._rename_file(src, dst, node)
         if target is not None:
