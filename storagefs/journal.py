@@ -160,6 +160,7 @@ class Journal:
         self._progress: dict[int, dict[str, TargetProgress]] = {}
         self._queues: dict[str, dict[int, None]] = {t: {} for t in self.targets}
         self._by_key: dict[str, list[int]] = {}  # key -> seqs of entries whose .key it is
+        self._copy_sources: dict[str, int] = {}  # key -> pending COPY entries reading it
         self._bytes = 0  # content bytes of pending entries
         self._reserved = 0  # bytes of appends being copied in
         self._garbage: list[str] = []  # content files to unlink after the next fsync
@@ -640,6 +641,8 @@ class Journal:
         for target in progress:
             self._queues.setdefault(target, {})[entry.seq] = None
         self._by_key.setdefault(entry.key, []).append(entry.seq)
+        if entry.op is Op.COPY and entry.src is not None:
+            self._copy_sources[entry.src] = self._copy_sources.get(entry.src, 0) + 1
         if entry.op is Op.PUT:
             self._bytes += entry.size
         self._notify()
@@ -659,6 +662,12 @@ class Journal:
         seqs.remove(seq)
         if not seqs:
             del self._by_key[entry.key]
+        if entry.op is Op.COPY and entry.src is not None:
+            left = self._copy_sources.get(entry.src, 1) - 1
+            if left:
+                self._copy_sources[entry.src] = left
+            else:
+                self._copy_sources.pop(entry.src, None)
         if entry.op is Op.PUT:
             self._bytes -= entry.size
         if entry.content is not None:
@@ -705,6 +714,22 @@ class Journal:
         """The newest pending entry that changes ``key`` (PUT, DELETE or COPY to it)."""
         seqs = self._by_key.get(key)
         return self._entries[seqs[-1]] if seqs else None
+
+    def superseded_by(self, newer: Entry) -> list[Entry]:
+        """Pending entries that ``newer`` (a PUT or DELETE) makes pointless to apply: the
+        earlier PUTs and DELETEs of its key, back to the nearest COPY to that key. None while
+        a pending COPY reads the key, since it must see the key's older states."""
+        if newer.op is Op.COPY or self._copy_sources.get(newer.key):
+            return []
+        found: list[Entry] = []
+        for seq in reversed(self._by_key.get(newer.key, ())):
+            if seq >= newer.seq:
+                continue
+            older = self._entries[seq]
+            if older.op is Op.COPY:
+                break
+            found.append(older)
+        return found
 
     def latest_before(self, key: str, seq: int) -> Entry | None:
         """The newest pending entry that changes ``key`` and is older than ``seq``."""

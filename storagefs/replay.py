@@ -140,6 +140,8 @@ class Replayer:
         self._scope: trio.CancelScope | None = None
         self._wake = trio.Event()
         self._waiters: dict[tuple[int, str], list[_Waiter]] = {}
+        self._superseded: set[tuple[int, str]] = set()  # dropped, their acks on the way
+        self._nursery: trio.Nursery | None = None
         self._recent: collections.OrderedDict[tuple[int, str], Result] = collections.OrderedDict()
 
     # --- lifecycle -----
@@ -150,6 +152,7 @@ class Replayer:
         try:
             async with trio.open_nursery() as nursery:
                 self._scope = nursery.cancel_scope
+                self._nursery = nursery
                 if self._stopping:
                     nursery.cancel_scope.cancel()
                 self.running = True
@@ -164,6 +167,7 @@ class Replayer:
         finally:
             self.running = False
             self._scope = None
+            self._nursery = None
             self.journal.listeners.remove(self._on_append)
             for key in list(self._waiters):
                 self._resolve(key, Result(Outcome.UNAVAILABLE))
@@ -246,6 +250,30 @@ class Replayer:
 
     def _on_append(self, entry: Entry) -> None:
         self._wake.set()
+        if self._nursery is not None:
+            self._supersede(entry, self._nursery)
+
+    def _supersede(self, newer: Entry, nursery: trio.Nursery) -> None:
+        """Drop (as applied) the pending entries of ``newer``'s key that it overwrites and no
+        target has started: a file rewritten again and again during an outage then costs one
+        entry, in memory and on disk, and one upload when the store returns. An entry in
+        flight or awaited by a writer is left to finish; per-key order keeps it before
+        ``newer``."""
+        for older in self.journal.superseded_by(newer):
+            for target in self.journal.pending_targets(older.seq):
+                key = (older.seq, target)
+                if older.seq in self.state[target].in_flight or key in self._waiters:
+                    continue
+                self._superseded.add(key)
+                self._record(key, Result(Outcome.APPLIED))
+                nursery.start_soon(self._forget_superseded, older.seq, target)
+
+    async def _forget_superseded(self, seq: int, target: str) -> None:
+        try:
+            await self.journal.mark_applied(seq, target)
+        finally:
+            self._superseded.discard((seq, target))
+            self._wake.set()
 
     def _next_retry(self) -> float:
         times = [s.retry_at for s in self.state.values() if not s.up and not s.in_flight]
@@ -269,6 +297,7 @@ class Replayer:
                 keys = entry.keys()
                 ready = (
                     entry.seq not in state.in_flight
+                    and (entry.seq, target) not in self._superseded
                     and blocked.isdisjoint(keys)
                     and not (follow and self.journal.is_pending(entry.seq, primary))
                 )

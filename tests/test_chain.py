@@ -698,3 +698,49 @@ async def test_replay_runs_under_the_journal_entry_id(tmp_path: Path) -> None:
         seq = 1
     assert seen == [f"journal-{seq}", f"journal-{seq}"]
     assert len(wrapped) == 2
+
+
+async def test_rewrites_during_an_outage_keep_one_entry_per_key(tmp_path: Path) -> None:
+    """A file rewritten again and again while the remotes are down costs one journal entry
+    (memory and disk stay bounded) and one upload when they return — unless a pending copy
+    still has to read an older version."""
+    primary, secondary = remotes()
+    async with running(tmp_path, (primary, secondary), write_mode="back") as chain:
+        primary.set_down(BackendUnavailable("down"))
+        secondary.set_down(BackendUnavailable("down"))
+        for i in range(200):
+            await chain.write_bytes("hot", f"version {i}".encode(), META)
+        await chain.write_bytes("src", b"old", META)
+        await chain.copy("src", "snapshot")  # reads src as it is now
+        await chain.write_bytes("src", b"new", META)
+        await trio.sleep(0.1)  # the superseded entries' acks are committed in the background
+        assert len(chain.journal) <= 2 + 2  # hot (one may be in a probe), snapshot, src
+        assert chain.journal.latest("hot") is not None
+        primary.set_up()
+        secondary.set_up()
+        assert await chain.flush(10.0)
+    for backend in (primary, secondary):
+        assert contents(backend)["hot"] == b"version 199"
+        assert contents(backend)["snapshot"] == b"old"
+        assert contents(backend)["src"] == b"new"
+        uploads = [key for op, key in store(backend).calls if op == "write"]
+        # The copy of a pending write is journaled as a write of its own content, so the
+        # old "src" is superseded too.
+        assert uploads.count("hot") <= 2, uploads
+        assert (uploads.count("src"), uploads.count("snapshot")) == (1, 1), uploads
+
+
+async def test_no_rewrite_is_dropped_while_a_pending_copy_reads_the_key(tmp_path: Path) -> None:
+    primary, secondary = remotes()
+    for backend in (primary, secondary):
+        await store(backend).write_bytes("src", b"stored", META)
+    async with running(tmp_path, (primary, secondary), write_mode="back") as chain:
+        primary.set_down(BackendUnavailable("down"))
+        await chain.copy("src", "snapshot")  # a real COPY: src is only on the stores
+        await chain.write_bytes("src", b"one", META)
+        await chain.write_bytes("src", b"two", META)
+        assert len(chain.journal) == 3  # all three still pending on the primary
+        primary.set_up()
+        assert await chain.flush(10.0)
+    for backend in (primary, secondary):
+        assert contents(backend) == {"src": b"two", "snapshot": b"stored"}
