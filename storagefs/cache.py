@@ -252,9 +252,16 @@ class Cache:
 
     # --- storing -----
 
-    async def store_file(self, key: str, source: str | os.PathLike[str], info: ObjectInfo) -> None:
-        """Keep a copy of the local file ``source`` (a hard link when possible: pass only
-        files nobody will modify, such as journal content)."""
+    async def store_file(
+        self,
+        key: str,
+        source: str | os.PathLike[str],
+        info: ObjectInfo,
+        *,
+        link: bool = True,
+    ) -> None:
+        """Keep a copy of the local file ``source``: a hard link when ``link`` and possible
+        (pass only files nobody will modify, such as journal content), else a real copy."""
         if not self.enabled or info.size > self.max_bytes:
             await trio.lowlevel.checkpoint()
             return
@@ -263,9 +270,12 @@ class Cache:
 
         def place() -> int:
             dest.parent.mkdir(exist_ok=True, mode=0o700)
-            try:
-                os.link(source, dest)
-            except OSError:
+            linked = False
+            if link:
+                with contextlib.suppress(OSError):  # another file system: copy instead
+                    os.link(source, dest)
+                    linked = True
+            if not linked:
                 shutil.copyfile(source, dest)
             return dest.stat().st_size
 
@@ -274,19 +284,7 @@ class Cache:
 
     async def store_copy(self, key: str, source: str | os.PathLike[str], info: ObjectInfo) -> None:
         """Keep a copy of ``source``, a file its owner may change later (never linked)."""
-        if not self.enabled or info.size > self.max_bytes:
-            await trio.lowlevel.checkpoint()
-            return
-        name = self._new_name()
-        dest = self.objects_dir / name
-
-        def place() -> int:
-            dest.parent.mkdir(exist_ok=True, mode=0o700)
-            shutil.copyfile(source, dest)
-            return dest.stat().st_size
-
-        size = await trio.to_thread.run_sync(place)
-        await self._register(key, name, size, info)
+        await self.store_file(key, source, info, link=False)
 
     async def store_bytes(self, key: str, data: bytes, info: ObjectInfo) -> None:
         if not self.enabled or len(data) > self.max_bytes:

@@ -248,17 +248,24 @@ class FallbackChain:
         last: BaseException | None = None
         for remote in self._read_order():
             try:
-                result = await call(remote)
+                return await self._ask(remote, functools.partial(call, remote))
             except _NOT_ANSWERING as exc:
-                self._saw(remote.name, exc)
                 last = exc
-                continue
-            except BackendError:
-                self._saw(remote.name, None)  # an answer, if a negative one: authoritative
-                raise
-            self._saw(remote.name, None)
-            return result
         raise _AllDown(last)
+
+    async def _ask(self, remote: Backend, call: Callable[[], Awaitable[T]]) -> T:
+        """One remote's answer, noting whether it answered (a negative answer is one too, and
+        authoritative); a remote not answering raises for the caller to fall back."""
+        try:
+            result = await call()
+        except _NOT_ANSWERING as exc:
+            self._saw(remote.name, exc)
+            raise
+        except BackendError:
+            self._saw(remote.name, None)
+            raise
+        self._saw(remote.name, None)
+        return result
 
     def _stale(self, key: str) -> None:
         self.stale_reads += 1
@@ -314,16 +321,9 @@ class FallbackChain:
             if isinstance(where, Entry):
                 return await local_op(where)
             try:
-                result = await remote_op(remote, where)
+                return await self._ask(remote, functools.partial(remote_op, remote, where))
             except _NOT_ANSWERING as exc:
-                self._saw(remote.name, exc)
                 last = exc
-                continue
-            except BackendError:
-                self._saw(remote.name, None)  # an answer, if a negative one: authoritative
-                raise
-            self._saw(remote.name, None)
-            return result
         raise _AllDown(last)
 
     @staticmethod
