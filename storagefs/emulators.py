@@ -559,7 +559,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         state_dir = default_state_dir()
         procs = _managed(state_dir)
         all_running = True
-        if shutil.which("azurite-blob") is None:
+        if command != "stop" and shutil.which("azurite-blob") is None:
+            # Stopping needs nothing installed: there is nothing of Azurite's to stop.
             print("azurite: not installed (npm install -g azurite)", file=sys.stderr)
             all_running = False
         for proc in procs:

@@ -107,3 +107,33 @@ def azure_container(azurite_server: EmulatorProcess) -> Iterator[AzureContainer]
     yield AzureContainer(conn, container)
     if azurite_server.running():
         emulators.delete_container(conn, container)
+
+
+# --- CI: nothing may be skipped for want of a tool -------------------------------------------
+# Without Node (Azurite) or FUSE the emulator, mount and fault tiers skip themselves, which is
+# right on a developer's laptop and wrong in CI: there a skip would pass a run that tested
+# nothing of the failover. `.ci/run` sets STORAGEFS_TEST_REQUIRE_ALL=1; then any skipped test,
+# or a run in which no fault test passed at all, fails the session.
+REQUIRE_ALL = "STORAGEFS_TEST_REQUIRE_ALL"
+_skipped: list[str] = []
+_fault_tests_passed = 0
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    global _fault_tests_passed
+    if report.skipped:
+        _skipped.append(report.nodeid)
+    elif report.when == "call" and report.passed and report.nodeid.startswith("tests/faults/"):
+        _fault_tests_passed += 1
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if os.environ.get(REQUIRE_ALL) != "1" or session.config.option.collectonly:
+        return
+    problems = [f"skipped: {nodeid}" for nodeid in _skipped]
+    collected_faults = any(item.nodeid.startswith("tests/faults/") for item in session.items)
+    if collected_faults and _fault_tests_passed == 0:
+        problems.append("no test of the fault tier (tests/faults/) passed")
+    if problems:
+        print(f"\n{REQUIRE_ALL}=1 and the run was incomplete:", *problems, sep="\n  ")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
