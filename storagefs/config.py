@@ -46,6 +46,28 @@ class Settings(BaseSettings):
     )
     read_only: bool = Field(default=False, description="Mount read-only (same as -o ro).")
 
+    # --- attributes of objects without stored ones (-o uid=,gid=,umask=,file_mode=,dir_mode=)
+    uid: int | None = Field(
+        default=None, ge=0, lt=2**32, description="Owner; default: the mounting user."
+    )
+    gid: int | None = Field(
+        default=None, ge=0, lt=2**32, description="Group; default: the mounting user's."
+    )
+    umask: int | None = Field(
+        default=None,
+        ge=0,
+        le=0o7777,
+        description="Octal; file mode 0666 & ~umask, directory mode 0777 & ~umask"
+        " (unless file_mode / dir_mode say otherwise). Default: 0644 and 0755.",
+    )
+    file_mode: int | None = Field(default=None, ge=0, le=0o7777, description="Octal, e.g. 0640.")
+    dir_mode: int | None = Field(default=None, ge=0, le=0o7777, description="Octal, e.g. 0750.")
+    default_permissions: bool = Field(
+        default=True,
+        description="The kernel checks mode bits and ownership on every access (FUSE"
+        " default_permissions). Off: anyone who may enter the mount may do anything.",
+    )
+
     # --- S3 ------------------------------------------------------------------------------
     s3_endpoint_url: str | None = Field(
         default=None, description="S3-compatible endpoint (moto, LocalStack, MinIO...)."
@@ -129,6 +151,29 @@ class Settings(BaseSettings):
     # --- logging -------------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
+
+    @field_validator("umask", "file_mode", "dir_mode", mode="before")
+    @classmethod
+    def _octal(cls, v: object) -> object:
+        # "022", "0o022" and "0022" all mean octal, as in mount(8) options and chmod(1).
+        if isinstance(v, str):
+            text = v.strip().lower().removeprefix("0o")
+            try:
+                return int(text, 8)
+            except ValueError:
+                raise ValueError("expected an octal mode such as 022 or 0644") from None
+        return v
+
+    def object_modes(self) -> tuple[int, int]:
+        """(file mode, directory mode) of objects that carry no stored mode."""
+        umask = self.umask
+        file_mode = 0o644 if umask is None else 0o666 & ~umask
+        dir_mode = 0o755 if umask is None else 0o777 & ~umask
+        if self.file_mode is not None:
+            file_mode = self.file_mode
+        if self.dir_mode is not None:
+            dir_mode = self.dir_mode
+        return file_mode, dir_mode
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -35,15 +35,13 @@ import stat as stat_mod
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterable
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
 from storagefs.backends.base import (
-    META_MODE,
-    META_MTIME,
     BackendError,
     ListPage,
     ObjectInfo,
@@ -58,6 +56,7 @@ from storagefs.download_state import (
     is_reserved_name,
     part_name,
 )
+from storagefs.fs.attrs import stored_mode, stored_mtime_ns
 from storagefs.metric_names import TASK_BULK_DOWNLOAD
 from storagefs.redact import redact
 
@@ -276,25 +275,16 @@ def _discard_parts(directories: Iterable[Path]) -> int:
 
 
 def _mode(info: ObjectInfo) -> int | None:
-    raw = (info.metadata or {}).get(META_MODE)
-    try:
-        mode = int(raw) if raw is not None else None
-    except ValueError:
-        return None
+    mode = stored_mode(info.metadata)
     # Permission bits only: setuid/setgid bits from a bucket are not ours to hand out.
     return None if mode is None else stat_mod.S_IMODE(mode) & 0o777
 
 
 def mtime_ns(info: ObjectInfo) -> int:
     """The object's ``mtime`` metadata in nanoseconds, else the store's last-modified time."""
-    raw = (info.metadata or {}).get(META_MTIME)
-    if raw is not None:
-        try:
-            ns = int(Decimal(raw.strip()) * 1_000_000_000)
-        except (InvalidOperation, ValueError):
-            ns = -1
-        if 0 <= ns < 2**63:
-            return ns
+    ns = stored_mtime_ns(info.metadata)
+    if ns is not None:
+        return ns
     return int(Decimal(repr(info.mtime)) * 1_000_000_000)
 
 

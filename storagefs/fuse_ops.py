@@ -91,10 +91,12 @@ class StorageOperations(pyfuse3.Operations):
         e.entry_timeout = self.timeout
         e.attr_timeout = self.timeout
         e.st_mode = a.mode
-        e.st_nlink = 1  # unknown link count: keeps find(1) from pruning on nlink
+        # No hard links, so files have one link; directories say 1 like btrfs (the count of
+        # subdirectories is unknown without a listing), which find(1) reads as "don't prune".
+        e.st_nlink = 1
         e.st_uid = a.uid
         e.st_gid = a.gid
-        e.st_rdev = 0
+        e.st_rdev = a.rdev
         e.st_size = a.size
         e.st_blksize = 128 * 1024
         e.st_blocks = (a.size + 511) // 512
@@ -137,6 +139,7 @@ class StorageOperations(pyfuse3.Operations):
             atime_ns=attr.st_atime_ns if fields.update_atime else None,
             mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
             fh=fh,
+            caller=ctx.uid,
         )
         return self._entry(node)
 
@@ -147,6 +150,31 @@ class StorageOperations(pyfuse3.Operations):
         mode &= ~ctx.umask
         node = await self.fs.mkdir(parent_inode, decode_name(name), mode, ctx.uid, ctx.gid)
         return self._entry(node)
+
+    @_guarded
+    async def symlink(
+        self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        node = await self.fs.symlink(parent_inode, decode_name(name), target, ctx.uid, ctx.gid)
+        return self._entry(node)
+
+    @_guarded
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        return await self.fs.readlink(inode)
+
+    @_guarded
+    async def mknod(
+        self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        mode &= ~ctx.umask
+        node = await self.fs.mknod(parent_inode, decode_name(name), mode, rdev, ctx.uid, ctx.gid)
+        return self._entry(node)
+
+    @_guarded
+    async def link(
+        self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        return self._entry(await self.fs.link(inode, new_parent_inode, decode_name(new_name)))
 
     @_guarded
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import Iterable
 from pathlib import Path
@@ -39,8 +40,12 @@ def prepare_cache_dir(settings: Settings) -> Path:
     return cache
 
 
-def fuse_options(extra: Iterable[str], read_only: bool) -> set[str]:
+def fuse_options(
+    extra: Iterable[str], read_only: bool, default_permissions: bool = True
+) -> set[str]:
     opts = set(pyfuse3.default_options)
+    if not default_permissions:
+        opts.discard("default_permissions")
     opts |= {"fsname=storagefs", "subtype=storagefs"}
     for opt in extra:
         opts.add(opt)
@@ -55,8 +60,13 @@ def fs_options(settings: Settings, cache: Path, read_only: bool) -> FsOptions:
         # Staging files of a previous run hold data no close() acknowledged: not ours to keep.
         for stale in staging.iterdir():
             stale.unlink(missing_ok=True)
+    file_mode, dir_mode = settings.object_modes()
     return FsOptions(
         staging_dir=staging,
+        uid=os.getuid() if settings.uid is None else settings.uid,
+        gid=os.getgid() if settings.gid is None else settings.gid,
+        file_mode=file_mode,
+        dir_mode=dir_mode,
         metadata_ttl=settings.metadata_ttl,
         read_only=read_only,
         read_chunk_size=settings.read_chunk_size,
@@ -85,7 +95,8 @@ async def serve(
         dirty_files=fs.dirty_files, invalid_keys=bad_keys_seen()
     )
     ops = StorageOperations(fs, settings.metadata_ttl, on_unexpected=stack.telemetry.notice_error)
-    pyfuse3.init(ops, str(mountpoint), fuse_options(extra_options, read_only))
+    options = fuse_options(extra_options, read_only, settings.default_permissions)
+    pyfuse3.init(ops, str(mountpoint), options)
     log.info("mounted %s on %s", chain.describe(), mountpoint)
     sampler = BacklogSampler(stack.telemetry, lambda: _backlog(chain))
     try:

@@ -1,4 +1,19 @@
-"""File attributes and how they are stored in object user metadata."""
+"""File attributes and the one codec for storing them in object user metadata.
+
+The format is s3fs-fuse's, so s3fs and storagefs read each other's objects (see
+docs/SEMANTICS.md, "How files map to objects"):
+
+* ``mode``: the whole ``st_mode`` in decimal, file type bits included (``33188`` is a regular
+  file 0644, ``41471`` a symbolic link 0777). A mode without type bits is a regular file (or a
+  directory for a ``dir/`` marker), as s3fs reads it.
+* ``uid``, ``gid``, ``rdev``: decimal integers (``rdev`` only on device nodes).
+* ``mtime``, ``ctime``, ``atime``: seconds since the epoch, decimal, with up to nine decimals
+  (``1700000000.123456789``); s3fs writes whole seconds and reads the fraction rclone adds.
+* A symbolic link is an object whose body is the target and whose mode has ``S_IFLNK``.
+* FIFOs, sockets and device nodes are zero-byte objects whose mode carries their type.
+
+Every reader of these entries (the core, ``storagefs download``) goes through this module.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +21,21 @@ import dataclasses
 import stat
 import time
 from collections.abc import Mapping
+from decimal import Decimal, InvalidOperation
 
 from storagefs.backends.base import META_GID, META_MODE, META_MTIME, META_UID, ObjectInfo
 
+META_CTIME = "ctime"
+META_ATIME = "atime"
+META_RDEV = "rdev"
+
 NS = 1_000_000_000
+
+# File types an object (not a directory marker) can hold; anything else in a stored mode is
+# read as a regular file.
+OBJECT_TYPES = frozenset(
+    {stat.S_IFREG, stat.S_IFLNK, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK}
+)
 
 
 @dataclasses.dataclass(slots=True)
@@ -21,18 +47,32 @@ class Attrs:
     mtime_ns: int
     ctime_ns: int
     atime_ns: int
+    rdev: int = 0
 
     @property
     def is_dir(self) -> bool:
         return stat.S_ISDIR(self.mode)
 
+    @property
+    def is_link(self) -> bool:
+        return stat.S_ISLNK(self.mode)
+
+    @property
+    def kind(self) -> int:
+        return stat.S_IFMT(self.mode)
+
     def to_metadata(self) -> dict[str, str]:
-        return {
+        meta = {
             META_MODE: str(self.mode),
             META_UID: str(self.uid),
             META_GID: str(self.gid),
-            META_MTIME: _ns_to_text(self.mtime_ns),
+            META_MTIME: ns_to_text(self.mtime_ns),
+            META_CTIME: ns_to_text(self.ctime_ns),
+            META_ATIME: ns_to_text(self.atime_ns),
         }
+        if stat.S_ISCHR(self.mode) or stat.S_ISBLK(self.mode):
+            meta[META_RDEV] = str(self.rdev)
+        return meta
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -45,26 +85,48 @@ class Defaults:
     dir_mode: int = 0o755
 
 
-def _ns_to_text(ns: int) -> str:
+def ns_to_text(ns: int) -> str:
     sec, frac = divmod(ns, NS)
-    return f"{sec}.{frac:09d}" if frac else str(sec)
+    return f"{sec}.{frac:09d}".rstrip("0") if frac else str(sec)
 
 
-def _text_to_ns(text: str) -> int | None:
-    try:
-        if "." in text:
-            sec, frac = text.split(".", 1)
-            return int(sec) * NS + int((frac + "000000000")[:9])
-        return int(text) * NS
-    except ValueError:
+def text_to_ns(text: str | None) -> int | None:
+    """Nanoseconds from ``"1700000000"``, ``"1700000000.5"``, ``" 17e8 "``; None if it is not
+    a time a stat can hold (garbage, negative, beyond 64 bits)."""
+    if text is None:
         return None
-
-
-def _int(meta: Mapping[str, str], name: str) -> int | None:
     try:
-        return int(meta[name])
+        ns = int(Decimal(text.strip()) * NS)
+    except (InvalidOperation, ValueError):
+        return None
+    return ns if 0 <= ns < 2**63 else None
+
+
+def meta_int(meta: Mapping[str, str] | None, name: str) -> int | None:
+    """A decimal integer entry (mode, uid, gid, rdev); None when absent or not a number."""
+    if not meta:
+        return None
+    try:
+        value = int(meta[name].strip())
     except (KeyError, ValueError):
         return None
+    return value if 0 <= value < 2**32 else None
+
+
+def stored_mode(meta: Mapping[str, str] | None) -> int | None:
+    """The stored ``mode`` entry as it is (type and permission bits), if any."""
+    return meta_int(meta, META_MODE)
+
+
+def stored_mtime_ns(meta: Mapping[str, str] | None) -> int | None:
+    return text_to_ns(meta.get(META_MTIME)) if meta else None
+
+
+def object_kind(meta: Mapping[str, str] | None) -> int:
+    """The file type of a (non-marker) object: what its stored mode says, else regular."""
+    mode = stored_mode(meta)
+    kind = stat.S_IFMT(mode) if mode is not None else 0
+    return kind if kind in OBJECT_TYPES else stat.S_IFREG
 
 
 def attrs_from_object(
@@ -75,21 +137,24 @@ def attrs_from_object(
 ) -> Attrs:
     """Attributes of a file or directory from its object (marker) and metadata, if any."""
     meta = metadata if metadata is not None else (info.metadata if info else None) or {}
-    kind = stat.S_IFDIR if is_dir else stat.S_IFREG
-    perm = _int(meta, META_MODE)
+    kind = stat.S_IFDIR if is_dir else object_kind(meta)
+    perm = stored_mode(meta)
     if perm is None:
         perm = defaults.dir_mode if is_dir else defaults.file_mode
-    mtime = _text_to_ns(meta[META_MTIME]) if META_MTIME in meta else None
+    mtime = stored_mtime_ns(meta)
     if mtime is None:
         mtime = int(info.mtime * NS) if info else time.time_ns()
-    uid = _int(meta, META_UID)
-    gid = _int(meta, META_GID)
+    ctime = text_to_ns(meta.get(META_CTIME))
+    atime = text_to_ns(meta.get(META_ATIME))
+    uid = meta_int(meta, META_UID)
+    gid = meta_int(meta, META_GID)
     return Attrs(
         mode=kind | stat.S_IMODE(perm),
         uid=defaults.uid if uid is None else uid,
         gid=defaults.gid if gid is None else gid,
         size=0 if is_dir or info is None else info.size,
         mtime_ns=mtime,
-        ctime_ns=mtime,
-        atime_ns=mtime,
+        ctime_ns=mtime if ctime is None else ctime,
+        atime_ns=mtime if atime is None else atime,
+        rdev=meta_int(meta, META_RDEV) or 0,
     )

@@ -30,7 +30,7 @@ from storagefs.backends.base import (
     TransientError,
     peek,
 )
-from storagefs.fs.attrs import Attrs, Defaults, attrs_from_object
+from storagefs.fs.attrs import OBJECT_TYPES, Attrs, Defaults, attrs_from_object
 from storagefs.fs.dirs import DirCache, Entry, Listing, list_directory
 from storagefs.fs.errors import FSError
 from storagefs.fs.files import ChunkReader, Handle, OpenFile
@@ -65,8 +65,11 @@ class FsOptions:
     read_only: bool = False
     read_chunk_size: int = 8 * 1024 * 1024
     readahead_chunks: int = 4
+    # Owner and modes of objects that carry no stored attributes (and of the root).
     uid: int = dataclasses.field(default_factory=os.getuid)
     gid: int = dataclasses.field(default_factory=os.getgid)
+    file_mode: int = 0o644
+    dir_mode: int = 0o755
     metadata_cache: Path | None = None  # None: in memory only
     # Listings with more never-seen entries than this show listing attributes (size, store
     # mtime, default mode) instead of paying one HEAD per entry; see docs/SEMANTICS.md.
@@ -90,9 +93,9 @@ class Filesystem:
     ) -> None:
         self.backend = backend
         self.options = options
-        self.defaults = Defaults(uid=options.uid, gid=options.gid)
+        self.defaults = Defaults(options.uid, options.gid, options.file_mode, options.dir_mode)
         now = time.time_ns()
-        root = Attrs(stat.S_IFDIR | 0o755, options.uid, options.gid, 0, now, now, now)
+        root = Attrs(stat.S_IFDIR | options.dir_mode, options.uid, options.gid, 0, now, now, now)
         self.inodes = InodeTable(root)
         self.dirs = DirCache()
         self.meta = MetadataCache(options.metadata_cache)
@@ -106,6 +109,10 @@ class Filesystem:
         self.health = HealthTree(health, options.uid, options.gid)
         self._health_files: dict[int, bytes] = {}  # open /.health files: their snapshot
         self._health_dirs: dict[int, list[Node]] = {}
+        # mtime/ctime of directories whose entries changed in this mount, by path. A store has
+        # no directory object to touch on every create/unlink (that would double the requests
+        # of each), so these live for the mount's life and win over older stored times.
+        self._dir_times: dict[str, tuple[int, int]] = {}
         options.staging_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     # --- lifecycle --------------------------------------------------------------------
@@ -260,7 +267,7 @@ class Filesystem:
                 return existing
             key = path + "/"
             meta = known.get(key) if known is not None else self.meta.get(key, "dir")
-            attrs = attrs_from_object(None, True, self.defaults, meta)
+            attrs = self._dir_attrs(path, attrs_from_object(None, True, self.defaults, meta))
             return self.inodes.upsert(path, attrs, None, self._expiry())
         info = entry.info
         assert info is not None
@@ -286,17 +293,20 @@ class Filesystem:
             if entry.is_dir or (entry.info and self.meta.get(entry.info.key, entry.info.etag)):
                 return self._entry_node(path, entry)
         file_info: ObjectInfo | None = None
+        content: bytes | None = None  # the whole body, when the peek got all of it
         dir_marker: ObjectInfo | None = None
         is_dir = False
         failures: list[BackendError] = []
 
         async def head() -> None:
-            nonlocal file_info
+            nonlocal file_info, content
             try:
                 # Not a bare HEAD: a peek returns the same attributes plus the first bytes,
                 # so the read that usually follows a cold lookup of a small file is free.
                 file_info, first = await peek(self.backend, path, self.options.peek_bytes)
-                if file_info.etag is not None and len(first) == file_info.size:
+                if len(first) == file_info.size:
+                    content = first
+                if file_info.etag is not None and content is not None:
                     self._remember_content(path, file_info.etag, first)
             except NotFound:
                 pass
@@ -332,7 +342,7 @@ class Filesystem:
                 if meta is not None:
                     self._memo(dir_marker.key, "dir", meta)
             attrs = attrs_from_object(dir_marker, True, self.defaults, meta or {})
-            return self.inodes.upsert(path, attrs, None, self._expiry())
+            return self.inodes.upsert(path, self._dir_attrs(path, attrs), None, self._expiry())
         if file_info is None:
             unanswered = (BackendUnavailable, TransientError)
             for failure in failures:
@@ -346,9 +356,41 @@ class Filesystem:
             raise FSError(errno.ENOENT)
         meta = file_info.metadata or {}
         self._remember_meta(file_info, meta)
-        return self.inodes.upsert(
+        node = self.inodes.upsert(
             path, self._file_attrs(file_info, meta), file_info.etag, self._expiry()
         )
+        if node.attrs.is_link and content is not None:
+            node.target = content
+        return node
+
+    def _dir_attrs(self, path: str, attrs: Attrs) -> Attrs:
+        """A directory's attributes with the times its changes in this mount gave it."""
+        times = self._dir_times.get(path)
+        if times is not None:
+            attrs.mtime_ns = max(attrs.mtime_ns, times[0])
+            attrs.ctime_ns = max(attrs.ctime_ns, times[1])
+        return attrs
+
+    def _touch_dir(self, path: str) -> None:
+        """An entry of directory ``path`` was added, removed or renamed: mtime and ctime."""
+        now = time.time_ns()
+        self._dir_times[path] = (now, now)
+        node = self.inodes.by_path(path)
+        if node is not None:
+            node.attrs.mtime_ns = node.attrs.ctime_ns = now
+
+    def _new_attrs(
+        self, parent: Node, kind: int, mode: int, uid: int, gid: int, size: int = 0
+    ) -> Attrs:
+        """Attributes of a new entry in ``parent`` made by ``uid``/``gid``. A setgid directory
+        hands its group to new entries, and its setgid bit to new subdirectories."""
+        perm = stat.S_IMODE(mode)
+        if parent.attrs.mode & stat.S_ISGID:
+            gid = parent.attrs.gid
+            if kind == stat.S_IFDIR:
+                perm |= stat.S_ISGID
+        now = time.time_ns()
+        return Attrs(kind | perm, uid, gid, size, now, now, now)
 
     # --- metadata operations ----------------------------------------------------------
 
@@ -419,13 +461,19 @@ class Filesystem:
         atime_ns: int | None = None,
         mtime_ns: int | None = None,
         fh: int | None = None,
+        caller: int | None = None,
     ) -> Node:
+        """Change attributes; ``caller`` is the uid asking (None: trusted, e.g. tests)."""
         self._refuse_health(ino)
         self._check_writable()
         node = self.inodes.get(ino)
         if node.path is None:
             raise FSError(errno.ENOENT)
         attrs = dataclasses.replace(node.attrs)
+        if uid is not None or gid is not None:
+            check_chown(node.attrs, uid, caller)
+            if mode is None and not attrs.is_dir:
+                attrs.mode = without_setid(attrs.mode)
         if mode is not None:
             attrs.mode = stat.S_IFMT(attrs.mode) | stat.S_IMODE(mode)
         if uid is not None:
@@ -506,16 +554,84 @@ class Filesystem:
         if parent.path == "" and name == HEALTH_NAME:
             raise FSError(errno.EEXIST)
         await self._ensure_absent(path)
-        now = time.time_ns()
-        attrs = Attrs(stat.S_IFDIR | stat.S_IMODE(mode), uid, gid, 0, now, now, now)
+        attrs = self._new_attrs(parent, stat.S_IFDIR, mode, uid, gid)
         meta = attrs.to_metadata()
         await self.backend.write_bytes(dir_prefix(path), b"", meta)
         self._memo(dir_prefix(path), "dir", meta)
         self.dirs.add(parent.path, Entry(name, True, None))
         self.dirs.put(path, Listing({}, None, self._expiry()))
+        self._dir_times.pop(path, None)  # a new directory: its own times, not a former one's
         node = self.inodes.upsert(path, attrs, None, self._expiry())
         node.lookups += 1
+        self._touch_dir(parent.path)
         return node
+
+    async def symlink(
+        self, parent_ino: int, name: str, target: bytes, uid: int, gid: int
+    ) -> Node:
+        """A symbolic link: an object whose body is the target, mode S_IFLNK|0777 (s3fs's
+        format, so s3fs and storagefs read each other's links)."""
+        return await self._make_object(parent_ino, name, stat.S_IFLNK | 0o777, uid, gid, target)
+
+    async def mknod(
+        self, parent_ino: int, name: str, mode: int, rdev: int, uid: int, gid: int
+    ) -> Node:
+        """A FIFO, socket, device node (or empty regular file): a zero-byte object whose
+        stored mode carries the type, and rdev for devices (s3fs's format). Who may make a
+        device node is the kernel's check (CAP_MKNOD)."""
+        kind = stat.S_IFMT(mode) or stat.S_IFREG
+        if kind not in OBJECT_TYPES:
+            raise FSError(errno.EINVAL, f"cannot make a node of type {kind:o}")
+        return await self._make_object(parent_ino, name, mode | kind, uid, gid, b"", rdev)
+
+    async def _make_object(
+        self, parent_ino: int, name: str, mode: int, uid: int, gid: int, body: bytes, rdev: int = 0
+    ) -> Node:
+        self._refuse_health(parent_ino)
+        self._check_writable()
+        parent = self._dir_node(parent_ino)
+        check_new_name(name)
+        assert parent.path is not None
+        if parent.path == "" and name == HEALTH_NAME:
+            raise FSError(errno.EEXIST)
+        path = child_path(parent.path, name)
+        await self._ensure_absent(path)
+        attrs = self._new_attrs(parent, stat.S_IFMT(mode), mode, uid, gid, len(body))
+        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+            attrs.rdev = rdev
+        meta = attrs.to_metadata()
+        info = await self._with_etag(await self.backend.write_bytes(path, body, meta))
+        self._remember_meta(info, meta)
+        self._update_listing_entry(path, info)
+        node = self.inodes.upsert(path, attrs, info.etag, self._expiry())
+        if attrs.is_link:
+            node.target = body
+        node.lookups += 1
+        self._touch_dir(parent.path)
+        return node
+
+    async def readlink(self, ino: int) -> bytes:
+        if HealthTree.owns(ino):
+            raise FSError(errno.EINVAL)
+        node = self.inodes.get(ino)
+        if not node.attrs.is_link:
+            raise FSError(errno.EINVAL)
+        if node.target is None:
+            if node.path is None:
+                raise FSError(errno.ENOENT)
+            data = self._peeked_content(node)
+            if data is None:
+                data = await self.backend.read(node.path, 0, max(node.attrs.size, 1))
+            node.target = data
+        return node.target
+
+    async def link(self, ino: int, new_parent_ino: int, new_name: str) -> Node:
+        """Hard links are refused (docs/SEMANTICS.md): an object store has no way to give two
+        keys one content, and copies would drift apart. EPERM is what Linux filesystems
+        without hard links answer (vfat, many FUSE filesystems)."""
+        self._refuse_health(ino, new_parent_ino)
+        self._check_writable()
+        raise FSError(errno.EPERM, "hard links are not supported")
 
     async def _ensure_absent(self, path: str) -> None:
         existing = self.inodes.by_path(path)
@@ -554,6 +670,8 @@ class Filesystem:
         self.dirs.remove(parent.path, name)
         self.dirs.drop_tree(path)
         self.inodes.detach(path)
+        self._dir_times.pop(path, None)
+        self._touch_dir(parent.path)
 
     async def opendir(self, ino: int) -> int:
         if HealthTree.owns(ino):
@@ -643,8 +761,8 @@ class Filesystem:
         existing = self.inodes.by_path(path)
         if existing is not None and path_is_open(self, existing) and flags & os.O_EXCL:
             raise FSError(errno.EEXIST)
-        now = time.time_ns()
-        attrs = Attrs(stat.S_IFREG | stat.S_IMODE(mode), uid, gid, 0, now, now, now)
+        attrs = self._new_attrs(parent, stat.S_IFREG, mode, uid, gid)
+        now = attrs.mtime_ns
         node = self.inodes.upsert(path, attrs, None, self._expiry())
         node.lookups += 1
         ofile = self._ofile_for(node)
@@ -653,6 +771,7 @@ class Filesystem:
         fh = self._new_fh()
         self._handles[fh] = Handle(ofile, writable=True)
         self.dirs.add(parent.path, Entry(name, False, ObjectInfo(path, 0, now / 1e9)))
+        self._touch_dir(parent.path)
         return fh, node
 
     async def open(self, ino: int, flags: int) -> tuple[int, bool]:
@@ -686,7 +805,7 @@ class Filesystem:
                         await self._ensure_staging(ofile, truncate=True)
                     ofile.version += 1
                     node.attrs.size = 0
-                    node.attrs.mtime_ns = time.time_ns()
+                    node.attrs.mtime_ns = node.attrs.ctime_ns = time.time_ns()
         except BaseException:
             self._release_ofile(ofile)
             raise
@@ -812,6 +931,7 @@ class Filesystem:
             ofile.unlinked = True  # open handles keep working, nothing is uploaded again
         self.dirs.remove(parent.path, name)
         self.inodes.detach(path)
+        self._touch_dir(parent.path)
 
     async def rename(
         self,
@@ -859,6 +979,7 @@ class Filesystem:
                 raise FSError(errno.EISDIR)
             if target.attrs.is_dir and await self._children(dst):
                 raise FSError(errno.ENOTEMPTY)
+        node.attrs.ctime_ns = time.time_ns()  # rename changes the moved entry's ctime
         if node.attrs.is_dir:
             await self._rename_tree(src, dst, node)  # an empty target's marker is replaced
         else:
@@ -868,7 +989,10 @@ class Filesystem:
             if tofile is not None:
                 tofile.unlinked = True
             self.inodes.detach(dst)
-        self.inodes.move(src, dst)
+        self.inodes.move(src, dst, tree=node.attrs.is_dir)
+        self._move_dir_times(src, dst, node)
+        self._touch_dir(old_parent.path)
+        self._touch_dir(new_parent.path)
         self.dirs.remove(old_parent.path, old_name)
         self.dirs.drop_tree(src)
         self.dirs.drop_tree(dst)
@@ -877,10 +1001,23 @@ class Filesystem:
             Entry(
                 new_name,
                 node.attrs.is_dir,
-                None if node.attrs.is_dir else ObjectInfo(dst, node.attrs.size, time.time()),
+                None
+                if node.attrs.is_dir
+                else ObjectInfo(dst, node.attrs.size, time.time(), node.etag),
             ),
         )
         node.expires = 0.0  # re-read attributes (and etag) at the new name
+
+    def _move_dir_times(self, src: str, dst: str, node: Node) -> None:
+        if not node.attrs.is_dir:
+            return
+        prefix = src + "/"
+        for path in [p for p in self._dir_times if p == dst or p.startswith(dst + "/")]:
+            del self._dir_times[path]
+        for path in [p for p in self._dir_times if p == src or p.startswith(prefix)]:
+            self._dir_times[dst + path[len(src) :]] = self._dir_times.pop(path)
+        # The moved directory keeps its mtime; its ctime (set above) outlives the re-read.
+        self._dir_times[dst] = (node.attrs.mtime_ns, node.attrs.ctime_ns)
 
     async def _rename_file(self, src: str, dst: str, node: Node) -> None:
         ofile = self._open.get(node.ino)
@@ -979,6 +1116,24 @@ async def run_all(fn: Callable[[T], Awaitable[None]], items: Iterable[T]) -> Non
             nursery.start_soon(one, item)
     if failures:
         raise failures[0]
+
+
+def check_chown(attrs: Attrs, uid: int | None, caller: int | None) -> None:
+    """chown(2): only root gives a file away; only the owner (or root) changes its group.
+    (Membership of the new group is checked by the kernel with default_permissions.)"""
+    if caller is None or caller == 0:
+        return
+    if caller != attrs.uid or (uid is not None and uid != attrs.uid):
+        raise FSError(errno.EPERM, "only the owner may change the group, only root the owner")
+
+
+def without_setid(mode: int) -> int:
+    """The mode after a chown or a write by someone else: setuid goes, and setgid too when the
+    group may execute (setgid without group-exec marks mandatory locking, kept as Linux does)."""
+    mode &= ~stat.S_ISUID
+    if mode & stat.S_IXGRP:
+        mode &= ~stat.S_ISGID
+    return mode
 
 
 def path_is_open(fs: Filesystem, node: Node) -> bool:
