@@ -32,7 +32,7 @@ from storagefs.backends.base import (
 )
 from storagefs.fs.attrs import Attrs, Defaults, attrs_from_object
 from storagefs.fs.dirs import DirCache, Entry, Listing, list_directory
-from storagefs.fs.errors import FSError
+from storagefs.fs.errors import FSError, errno_for
 from storagefs.fs.files import ChunkReader, Handle, OpenFile
 from storagefs.fs.health_dir import HealthTree, Provider
 from storagefs.fs.inodes import ROOT_INODE, InodeTable, Node
@@ -56,6 +56,9 @@ RENAME_PARALLELISM = 16
 # Small files whose content a lookup fetched, kept until their first read (bounded memory:
 # at most PEEKED_FILES x peek_bytes).
 PEEKED_FILES = 256
+# Where the data of files whose upload failed goes when the mount gives up on them (unmount):
+# below the staging directory, one file per abandoned upload, never deleted by the mount.
+ABANDONED_DIR = "abandoned"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,13 +118,48 @@ class Filesystem:
         self._nursery = nursery
 
     def close(self) -> None:
-        for ofile in self._open.values():
+        for ofile in list(self._open.values()):
+            if ofile.dirty and not ofile.unlinked and ofile.staging is not None:
+                self._give_up(ofile)
             ofile.close_staging()
         self.meta.close()
 
     @property
     def dirty_files(self) -> int:
         return sum(1 for f in self._open.values() if f.dirty and not f.unlinked)
+
+    @property
+    def failed_files(self) -> int:
+        """Files whose last upload failed: their data waits in a staging file for a retry."""
+        return sum(1 for f in self._open.values() if f.failed is not None and not f.unlinked)
+
+    @property
+    def abandoned_dir(self) -> Path:
+        return self.options.staging_dir / ABANDONED_DIR
+
+    @property
+    def abandoned_uploads(self) -> int:
+        """Uploads given up on (by this mount or an earlier one): their data is kept in
+        :attr:`abandoned_dir` for someone to look at."""
+        try:
+            return sum(1 for _ in self.abandoned_dir.iterdir())
+        except FileNotFoundError:
+            return 0
+
+    def _give_up(self, ofile: OpenFile) -> None:
+        """Stop trying to upload ``ofile``: keep its bytes under :attr:`abandoned_dir`, say so."""
+        assert ofile.staging is not None
+        self.abandoned_dir.mkdir(mode=0o700, exist_ok=True)
+        name = (ofile.node.path or "unlinked").replace("/", "%2F")
+        dest = self.abandoned_dir / f"{time.strftime('%Y%m%dT%H%M%S')}-{ofile.node.ino}-{name}"
+        ofile.staging.rename(dest)
+        ofile.staging = None
+        log.error(
+            "gave up uploading %s (last error: %s): its data is kept in %s",
+            ofile.node.path,
+            errno.errorcode.get(ofile.failed or errno.EIO, "?"),
+            dest,
+        )
 
     def _remember_content(self, path: str, etag: str, data: bytes) -> None:
         self._peeked[path] = (etag, data)
@@ -139,12 +177,15 @@ class Filesystem:
         return found[1] if len(found[1]) == node.attrs.size else None
 
     async def upload_all(self) -> None:
-        """Upload every open file with changes (on unmount); failures are logged."""
+        """Upload every open file with changes, failed ones included (on unmount); failures
+        are logged, and :meth:`close` gives up on what is still not uploaded."""
         for ofile in list(self._open.values()):
             try:
                 await self._upload(ofile)
             except FSError:
-                pass  # _upload logged it
+                continue  # _upload logged it
+            if ofile.kept and ofile.handles == 0:
+                self._drop_ofile(ofile)
 
     # --- helpers ----------------------------------------------------------------------
 
@@ -601,15 +642,36 @@ class Filesystem:
 
     def _release_ofile(self, ofile: OpenFile) -> None:
         ofile.handles -= 1
+        # Changes that were never uploaded (the upload failed) outlive the last handle: the
+        # staging file is their only copy. The kept file holds its node, so lookups and opens
+        # see the local data, and the next flush, fsync or unmount tries the upload again.
+        keep = (
+            ofile.handles <= 0 and ofile.dirty and not ofile.unlinked and ofile.staging is not None
+        )
+        if keep and not ofile.kept:
+            ofile.kept = True
+            ofile.node.handles += 1
+            log.warning(
+                "%s closed with changes not uploaded; they are kept in %s for a retry",
+                ofile.node.path,
+                ofile.staging,
+            )
         self.inodes.release_handle(ofile.node)
-        if ofile.handles <= 0:
-            if ofile.dirty and not ofile.unlinked:
-                log.error(
-                    "closing %s with changes that were never uploaded (flush failed)",
-                    ofile.node.path,
-                )
-            ofile.close_staging()
-            self._open.pop(ofile.node.ino, None)
+        if ofile.handles <= 0 and not keep:
+            self._drop_ofile(ofile)
+
+    def _drop_ofile(self, ofile: OpenFile) -> None:
+        """Forget an open file that has no handles: its staging file goes."""
+        if ofile.kept:
+            ofile.kept = False
+            self.inodes.release_handle(ofile.node)
+        ofile.close_staging()
+        self._open.pop(ofile.node.ino, None)
+
+    def _discard_kept(self, ofile: OpenFile | None) -> None:
+        """A kept failed file was unlinked or replaced: its data is no longer wanted."""
+        if ofile is not None and ofile.kept and ofile.handles == 0:
+            self._drop_ofile(ofile)
 
     async def _ensure_staging(self, ofile: OpenFile, truncate: bool = False) -> None:
         """A local copy of the file to change: empty if new/truncated, else downloaded."""
@@ -759,9 +821,13 @@ class Filesystem:
             try:
                 info = await self.backend.write(node.path, str(ofile.staging), meta)
             except BackendError as exc:
-                log.error("upload of %s failed: %s", node.path, exc)
-                raise FSError(errno.EIO, f"upload of {node.path} failed: {exc}") from exc
+                # The errno the failure means (a full journal is ENOSPC, as promised), and the
+                # file remembers it: its staging file is kept until an upload succeeds.
+                ofile.failed = errno_for(exc)
+                log.error("upload of %s failed: %s", node.path, exc)  # logged here, once
+                raise FSError(ofile.failed, f"upload of {node.path} failed: {exc}") from exc
             info = await self._with_etag(info)
+            ofile.failed = None
             ofile.uploaded_version = version
             node.etag = info.etag
             node.expires = self._expiry()
@@ -810,6 +876,7 @@ class Filesystem:
         ofile = self._open.get(node.ino)
         if ofile is not None:
             ofile.unlinked = True  # open handles keep working, nothing is uploaded again
+            self._discard_kept(ofile)
         self.dirs.remove(parent.path, name)
         self.inodes.detach(path)
 
@@ -867,6 +934,7 @@ class Filesystem:
             tofile = self._open.get(target.ino)
             if tofile is not None:
                 tofile.unlinked = True
+                self._discard_kept(tofile)
             self.inodes.detach(dst)
         self.inodes.move(src, dst)
         self.dirs.remove(old_parent.path, old_name)

@@ -31,6 +31,10 @@ class OpenFile:
     unlinked: bool = False
     handles: int = 0
     lock: trio.Lock = dataclasses.field(default_factory=trio.Lock)
+    # The errno of the last upload when it failed; cleared by the next successful one. A failed
+    # file outlives its handles (``kept``): its staging file is the only copy of its data.
+    failed: int | None = None
+    kept: bool = False
 
     @property
     def dirty(self) -> bool:
