@@ -1,8 +1,9 @@
 """POSIX operations over a Backend: the whole filesystem, without FUSE.
 
 Paths here are relative to the mount root without a leading slash ("" is the root); a file's
-key is its path, a directory's marker key is its path plus "/". Every method raises FSError
-(with an errno) or a classified BackendError; storagefs/fuse_ops.py turns both into errnos.
+key is its path, a directory's marker key is its path plus "/". Every public method raises
+only FSError (an errno and a log level): backend and local OS errors are converted where they
+leave the core (:func:`_errors_converted`), so the FUSE adapter knows nothing of backends.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import collections
 import dataclasses
 import errno
+import functools
+import inspect
 import logging
 import os
 import stat
@@ -17,7 +20,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import trio
 
@@ -32,8 +35,8 @@ from storagefs.backends.base import (
 )
 from storagefs.fs.attrs import Attrs, Defaults, attrs_from_object
 from storagefs.fs.dirs import DirCache, Entry, Listing, list_directory
-from storagefs.fs.errors import FSError, errno_for
-from storagefs.fs.files import ChunkReader, Handle, OpenFile
+from storagefs.fs.errors import FSError, as_fs_error, errno_for, first_failure
+from storagefs.fs.files import ChunkReader, FileState, Handle, OpenFile
 from storagefs.fs.health_dir import HealthTree, Provider
 from storagefs.fs.inodes import ROOT_INODE, InodeTable, Node
 from storagefs.fs.metadata_cache import MetadataCache
@@ -48,6 +51,7 @@ from storagefs.fs.names import (
 log = logging.getLogger("storagefs.fs")
 
 T = TypeVar("T")
+C = TypeVar("C", bound=type)
 
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
@@ -80,6 +84,56 @@ class FsOptions:
     peek_bytes: int = 64 * 1024
 
 
+_CONVERTED = (FSError, BackendError, OSError)
+
+
+def _converted(exc: BaseException) -> FSError | None:
+    leaf = first_failure(exc)
+    return as_fs_error(leaf) if isinstance(leaf, _CONVERTED) else None
+
+
+def _convert_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    if inspect.iscoroutinefunction(fn):
+
+        @functools.wraps(fn)
+        async def call_async(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return await fn(*args, **kwargs)
+            except FSError:
+                raise
+            except (*_CONVERTED, BaseExceptionGroup) as exc:
+                converted = _converted(exc)
+                if converted is None:
+                    raise
+                raise converted from exc
+
+        return call_async
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except FSError:
+            raise
+        except (*_CONVERTED, BaseExceptionGroup) as exc:
+            converted = _converted(exc)
+            if converted is None:
+                raise
+            raise converted from exc
+
+    return call
+
+
+def _errors_converted(cls: C) -> C:
+    """The core's edge: every public method of ``cls`` raises FSError for backend errors,
+    local OS errors (staging files) and groups of them (the first one counts); anything
+    else is a bug and passes through for the adapter to log."""
+    for name, member in list(vars(cls).items()):
+        if not name.startswith("_") and inspect.isfunction(member):
+            setattr(cls, name, _convert_errors(member))
+    return cls
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class DirEntry:
     name: str
@@ -87,6 +141,7 @@ class DirEntry:
     next_id: int
 
 
+@_errors_converted
 class Filesystem:
     def __init__(
         self, backend: Backend, options: FsOptions, health: Provider | None = None
@@ -131,7 +186,7 @@ class Filesystem:
     @property
     def failed_files(self) -> int:
         """Files whose last upload failed: their data waits in a staging file for a retry."""
-        return sum(1 for f in self._open.values() if f.failed is not None and not f.unlinked)
+        return sum(1 for f in self._open.values() if f.state is FileState.FAILED and not f.unlinked)
 
     @property
     def abandoned_dir(self) -> Path:
@@ -818,6 +873,7 @@ class Filesystem:
                 return
             version = ofile.version
             meta = node.attrs.to_metadata()
+            ofile.uploading = True
             try:
                 info = await self.backend.write(node.path, str(ofile.staging), meta)
             except BackendError as exc:
@@ -826,6 +882,8 @@ class Filesystem:
                 ofile.failed = errno_for(exc)
                 log.error("upload of %s failed: %s", node.path, exc)  # logged here, once
                 raise FSError(ofile.failed, f"upload of {node.path} failed: {exc}") from exc
+            finally:
+                ofile.uploading = False
             info = await self._with_etag(info)
             ofile.failed = None
             ofile.uploaded_version = version

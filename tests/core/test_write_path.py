@@ -1,18 +1,28 @@
-"""The core's write path: what a failed upload does to a file, errnos of write failures."""
+"""The core's write path: what a failed upload does to a file, the one error type the core
+raises (converted at its edge), the states a file goes through."""
 
 from __future__ import annotations
 
 import errno
+import logging
 import os
 from pathlib import Path
 
 import pytest
 import trio
 
-from storagefs.backends.base import TransientError
+from storagefs.backends.base import (
+    BackendUnavailable,
+    InvalidRequest,
+    NoSpace,
+    PermissionDenied,
+    TransientError,
+)
 from storagefs.chain import FallbackChain
 from storagefs.config import Settings
+from storagefs.fs.core import Filesystem
 from storagefs.fs.errors import FSError
+from storagefs.fs.files import FileState
 from storagefs.fs.inodes import ROOT_INODE
 from tests.core.conftest import make_fs, read_file, resolve
 from tests.fakes import MemoryBackend
@@ -123,3 +133,114 @@ async def test_unlinking_a_failed_file_lets_its_data_go(
     assert staged(tmp_path) == [] and fs.failed_files == 0
     fs.close()
     assert fs.abandoned_uploads == 0
+
+
+# --- one error type at the core's edge, explicit file states -------------------------------
+
+
+class Refusing(MemoryBackend):
+    """Answers reads, refuses every upload and every copy with ``error``."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__()
+        self.error = error
+
+    async def write_bytes(self, key: str, data: bytes, metadata: object) -> object:  # type: ignore[override]
+        await trio.lowlevel.checkpoint()
+        raise self.error
+
+    async def copy(self, src: str, dst: str, metadata: object = None) -> object:  # type: ignore[override]
+        await trio.lowlevel.checkpoint()
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (PermissionDenied("no"), errno.EACCES),
+        (NoSpace("full"), errno.ENOSPC),
+        (InvalidRequest("bad"), errno.EINVAL),
+        (BackendUnavailable("down"), errno.EIO),
+    ],
+)
+async def test_backend_errors_leave_the_core_as_its_own_error(
+    tmp_path: Path, nursery: trio.Nursery, error: Exception, expected: int
+) -> None:
+    backend = Refusing(error)
+    backend.objects["old"] = (b"data", {}, 0.0)
+    fs = make_fs(backend, tmp_path)
+    fs.attach(nursery)
+    # A metadata change (a server-side copy) and a rename: the error is converted at the edge.
+    ino = await resolve(fs, "old")
+    with pytest.raises(FSError) as chmod:
+        await fs.setattr(ino, mode=0o600)
+    assert chmod.value.errno == expected and chmod.value.level == logging.WARNING
+    with pytest.raises(FSError) as moved:
+        await fs.rename(ROOT_INODE, "old", ROOT_INODE, "new")
+    assert moved.value.errno == expected
+    assert isinstance(moved.value.__cause__, type(error))  # the backend's error is the cause
+    fs.close()
+
+
+async def test_routine_answers_are_quiet(fs: Filesystem) -> None:
+    with pytest.raises(FSError) as missing:
+        await fs.lookup(ROOT_INODE, "absent")
+    assert missing.value.errno == errno.ENOENT and missing.value.level == logging.DEBUG
+
+
+async def test_a_file_goes_through_explicit_states(tmp_path: Path, nursery: trio.Nursery) -> None:
+    backend = Outage()
+    fs = make_fs(backend, tmp_path)
+    fs.attach(nursery)
+    seen: list[FileState] = []
+    upload = backend.write_bytes
+
+    async def watching(key: str, data: bytes, metadata: object) -> object:
+        seen.append(fs._open[node.ino].state)
+        return await upload(key, data, metadata)
+
+    backend.write_bytes = watching  # type: ignore[method-assign]
+    fh, node = await fs.create(ROOT_INODE, "f", 0o644, os.O_WRONLY, 0, 0)
+    ofile = fs._open[node.ino]
+    await fs.write(fh, 0, b"x")
+    assert ofile.state is FileState.DIRTY
+    with pytest.raises(FSError):
+        await fs.flush(fh)
+    assert ofile.state is FileState.FAILED and ofile.failed == errno.EIO
+    backend.down = False
+    await fs.flush(fh)
+    assert ofile.state is FileState.OPEN and ofile.failed is None
+    assert seen == [FileState.UPLOADING, FileState.UPLOADING]
+    await fs.release(fh)
+    fs.close()
+
+
+class Ops:
+    """What the adapter's guard needs of StorageOperations for these tests."""
+
+
+async def test_the_adapter_maps_the_core_error_and_answers_eio_to_bugs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import pyfuse3
+
+    from storagefs.fuse_ops import _guarded
+
+    @_guarded
+    async def refused(_ops: object) -> None:
+        await trio.lowlevel.checkpoint()
+        raise FSError(errno.ENOSPC, "journal full", level=logging.WARNING)
+
+    @_guarded
+    async def buggy(_ops: object) -> None:
+        await trio.lowlevel.checkpoint()
+        raise KeyError("a bug")
+
+    with pytest.raises(pyfuse3.FUSEError) as mapped:
+        await refused(Ops())
+    assert mapped.value.errno == errno.ENOSPC
+    assert any(r.levelno == logging.WARNING and "journal full" in r.message for r in caplog.records)
+    with caplog.at_level(logging.ERROR), pytest.raises(pyfuse3.FUSEError) as bug:
+        await buggy(Ops())
+    assert bug.value.errno == errno.EIO
+    assert any("unexpected error in buggy" in r.message for r in caplog.records)
