@@ -762,9 +762,11 @@ class Filesystem:
             raise FSError(errno.EEXIST)
         now = time.time_ns()
         attrs = Attrs(stat.S_IFREG | stat.S_IMODE(mode), uid, gid, 0, now, now, now)
+        known = existing is not None  # seen before: perhaps on the store, so not "new"
         node = self.inodes.upsert(path, attrs, None, self._expiry())
         node.lookups += 1
         ofile = self._ofile_for(node)
+        ofile.stored = ofile.stored and known
         await self._ensure_staging(ofile, truncate=True)
         ofile.version += 1  # an empty new file is still a file to upload
         fh = self._new_fh()
@@ -886,6 +888,7 @@ class Filesystem:
                 ofile.uploading = False
             info = await self._with_etag(info)
             ofile.failed = None
+            ofile.stored = True
             ofile.uploaded_version = version
             node.etag = info.etag
             node.expires = self._expiry()
@@ -1010,6 +1013,12 @@ class Filesystem:
 
     async def _rename_file(self, src: str, dst: str, node: Node) -> None:
         ofile = self._open.get(node.ino)
+        if ofile is not None and not ofile.stored and not ofile.unlinked:
+            # A new file not uploaded yet (rsync's temporary name, an editor's save file): the
+            # store has nothing at ``src``, so the rename moves the pending upload, which
+            # happens once, under ``dst``, when the file is closed or fsync'd.
+            await trio.lowlevel.checkpoint()
+            return
         if ofile is not None and ofile.dirty and not ofile.unlinked:
             await self._upload(ofile)  # the store must hold the newest bytes before the copy
         meta = node.attrs.to_metadata()

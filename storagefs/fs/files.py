@@ -46,6 +46,9 @@ class OpenFile:
     failed: int | None = None
     kept: bool = False
     uploading: bool = False
+    # False for a file made by create() until an upload succeeds: nothing of it is on the
+    # store (or in the journal), so a rename just moves the pending upload to the new name.
+    stored: bool = True
 
     @property
     def dirty(self) -> bool:
