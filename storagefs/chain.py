@@ -112,6 +112,7 @@ class FallbackChain:
             max_backoff=settings.breaker_reset,
             on_result=self._replayed,
             refusal_abandons=settings.write_mode == "through",
+            settle=settings.write_back_delay if settings.write_mode == "back" else 0.0,
         )
         self._cache_queue: trio.MemorySendChannel[Callable[[], Awaitable[None]]] | None = None
         self._cache_cancel: trio.CancelScope | None = None

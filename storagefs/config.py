@@ -137,6 +137,12 @@ class Settings(BaseSettings):
     write_deadline: float = Field(
         default=30.0, gt=0, description="Seconds close/fsync wait for the primary (through)."
     )
+    write_back_delay: float = Field(
+        default=2.0,
+        ge=0,
+        description="Seconds a change waits in the journal before replay (back mode), so a"
+        " rename or attribute change right after close is folded in (rsync's temp files).",
+    )
     journal_max_bytes: int = Field(default=10 * 1024**3, gt=0)
     cache_max_bytes: int = Field(
         default=2 * 1024**3,

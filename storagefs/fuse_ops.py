@@ -1,8 +1,9 @@
-"""The thin pyfuse3 adapter: unpack arguments, call the core, turn errors into errnos.
+"""The thin pyfuse3 adapter: unpack arguments, call the core, turn its errors into errnos.
 
 Only FUSEError may leave a pyfuse3 handler — anything else ends the main loop and the mount
-dies with it — so every handler goes through ``_guarded``: core and backend errors become their
-errno, anything unexpected is logged with its traceback and answered with EIO.
+dies with it — so every handler goes through ``_guarded``: the core raises one error type
+(FSError: an errno and a log level; backend errors are converted inside the core), anything
+else is a bug, logged with its traceback and answered with EIO.
 """
 
 from __future__ import annotations
@@ -15,9 +16,8 @@ from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
 
-from storagefs.backends.base import BackendError
 from storagefs.fs.core import Filesystem
-from storagefs.fs.errors import FSError, errno_for
+from storagefs.fs.errors import FSError
 from storagefs.fs.inodes import Node
 from storagefs.fs.names import decode_name, encode_name
 from storagefs.logs import correlation
@@ -37,27 +37,8 @@ def _guarded(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[A
         except pyfuse3.FUSEError:
             raise
         except FSError as exc:
+            log.log(exc.level, "%s failed: %s", fn.__name__, exc)
             raise pyfuse3.FUSEError(exc.errno) from None
-        except BackendError as exc:
-            err = errno_for(exc)
-            log.warning("%s failed: %s: %s", fn.__name__, type(exc).__name__, exc)
-            raise pyfuse3.FUSEError(err) from None
-        except OSError as exc:
-            log.warning("%s failed: %s", fn.__name__, exc)
-            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
-        except ExceptionGroup as group:
-            # Concurrent work inside the core: answer with what its first failure means.
-            first: BaseException = group
-            while isinstance(first, BaseExceptionGroup):
-                first = first.exceptions[0]
-            if isinstance(first, FSError | BackendError):
-                log.warning("%s failed: %s: %s", fn.__name__, type(first).__name__, first)
-                raise pyfuse3.FUSEError(errno_for(first)) from None
-            log.exception("unexpected error in %s; answered EIO", fn.__name__)
-            ops = args[0]
-            if isinstance(ops, StorageOperations):
-                ops.on_unexpected(group)
-            raise pyfuse3.FUSEError(errno.EIO) from None
         except Exception as exc:
             log.exception("unexpected error in %s; answered EIO", fn.__name__)
             ops = args[0]

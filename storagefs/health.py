@@ -82,6 +82,8 @@ class ChainStatus(Protocol):
 class CoreFigures:
     dirty_files: int = 0  # open files with changes not yet uploaded
     invalid_keys: int = 0  # object keys seen that cannot be paths
+    failed_uploads: int = 0  # files whose upload failed; their data waits locally for a retry
+    abandoned_uploads: int = 0  # uploads given up on; their data is kept in the cache dir
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -178,6 +180,8 @@ class Snapshot:
             "stale_reads_recent": self.stale_reads_recent,
             "journal_only_writes": self.journal_only_writes,
             "dirty_files": self.core.dirty_files,
+            "failed_uploads": self.core.failed_uploads,
+            "abandoned_uploads": self.core.abandoned_uploads,
             "invalid_keys": self.core.invalid_keys,
             "chain_reasons": self.chain_reasons,
             "rules": dataclasses.asdict(self.rules),

@@ -58,7 +58,8 @@ def fs_options(settings: Settings, cache: Path, read_only: bool) -> FsOptions:
     staging = cache / "staging"
     if staging.exists():
         # Staging files of a previous run hold data no close() acknowledged: not ours to keep.
-        for stale in staging.iterdir():
+        # (Abandoned uploads, in their own directory, are kept for a person to look at.)
+        for stale in staging.glob("stage-*"):
             stale.unlink(missing_ok=True)
     file_mode, dir_mode = settings.object_modes()
     return FsOptions(
@@ -92,7 +93,10 @@ async def serve(
     _refuse_unusable_start(stack)
     fs = Filesystem(chain, fs_options(settings, cache, read_only), health=stack.health.files)
     stack.health.core = lambda: CoreFigures(
-        dirty_files=fs.dirty_files, invalid_keys=bad_keys_seen()
+        dirty_files=fs.dirty_files,
+        invalid_keys=bad_keys_seen(),
+        failed_uploads=fs.failed_files,
+        abandoned_uploads=fs.abandoned_uploads,
     )
     ops = StorageOperations(fs, settings.metadata_ttl, on_unexpected=stack.telemetry.notice_error)
     options = fuse_options(extra_options, read_only, settings.default_permissions)

@@ -28,6 +28,7 @@ import contextlib
 import dataclasses
 import enum
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -120,6 +121,7 @@ class Replayer:
         max_backoff: float = 10.0,
         on_result: Callable[[str, BaseException | None], None] | None = None,
         refusal_abandons: bool = False,
+        settle: float = 0.0,
     ) -> None:
         self.journal = journal
         self.remotes = {r.name: r for r in remotes}
@@ -130,6 +132,11 @@ class Replayer:
         self.max_backoff = max(max_backoff, initial_backoff)
         self.on_result = on_result
         self.refusal_abandons = refusal_abandons
+        # Write-back: a new entry waits this long (wall clock) before it is applied, unless a
+        # writer awaits it or a flush asked for everything older (``_settled_before``).
+        self.settle = settle
+        self._settled_before = 0.0
+        self._next_settled = float("inf")  # trio time at which a held entry becomes due
         # Wraps each entry's replay (telemetry sets a background transaction here).
         self.around_apply: Callable[[], contextlib.AbstractContextManager[None]] = (
             contextlib.nullcontext
@@ -162,7 +169,7 @@ class Replayer:
                     self._dispatch(nursery)
                     if self.journal.take_barrier_request():
                         nursery.start_soon(self.journal.barrier)
-                    with trio.move_on_at(self._next_retry()):
+                    with trio.move_on_at(min(self._next_retry(), self._next_settled)):
                         await self._wake.wait()
         finally:
             self.running = False
@@ -183,6 +190,8 @@ class Replayer:
             state = self.state.get(name)
             if state is not None and not state.up:
                 state.retry_at = 0.0
+        if target is None:  # a flush: nothing journaled so far waits out the write-back delay
+            self._settled_before = time.time()
         self._wake.set()
 
     def mark_down(self, target: str, error: BaseException) -> None:
@@ -279,8 +288,19 @@ class Replayer:
         times = [s.retry_at for s in self.state.values() if not s.up and not s.in_flight]
         return min(times, default=float("inf"))
 
+    def _held(self, entry: Entry, target: str) -> bool:
+        """Still inside its write-back delay (then ``_next_settled`` says when it is due)."""
+        if self.settle <= 0 or entry.created <= self._settled_before:
+            return False
+        due = entry.created + self.settle - time.time()
+        if due <= 0 or (entry.seq, target) in self._waiters:
+            return False
+        self._next_settled = min(self._next_settled, trio.current_time() + due)
+        return True
+
     def _dispatch(self, nursery: trio.Nursery) -> None:
         now = trio.current_time()
+        self._next_settled = float("inf")
         primary = self.order[0]
         for target in self.order:
             state = self.state[target]
@@ -300,6 +320,7 @@ class Replayer:
                     and (entry.seq, target) not in self._superseded
                     and blocked.isdisjoint(keys)
                     and not (follow and self.journal.is_pending(entry.seq, primary))
+                    and not self._held(entry, target)
                 )
                 blocked.update(keys)
                 if ready:

@@ -1,8 +1,9 @@
 """POSIX operations over a Backend: the whole filesystem, without FUSE.
 
 Paths here are relative to the mount root without a leading slash ("" is the root); a file's
-key is its path, a directory's marker key is its path plus "/". Every method raises FSError
-(with an errno) or a classified BackendError; storagefs/fuse_ops.py turns both into errnos.
+key is its path, a directory's marker key is its path plus "/". Every public method raises
+only FSError (an errno and a log level): backend and local OS errors are converted where they
+leave the core (:func:`_errors_converted`), so the FUSE adapter knows nothing of backends.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import collections
 import dataclasses
 import errno
+import functools
+import inspect
 import logging
 import os
 import stat
@@ -17,7 +20,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import trio
 
@@ -32,8 +35,8 @@ from storagefs.backends.base import (
 )
 from storagefs.fs.attrs import OBJECT_TYPES, Attrs, Defaults, attrs_from_object
 from storagefs.fs.dirs import DirCache, Entry, Listing, list_directory
-from storagefs.fs.errors import FSError
-from storagefs.fs.files import ChunkReader, Handle, OpenFile
+from storagefs.fs.errors import FSError, as_fs_error, errno_for, first_failure
+from storagefs.fs.files import ChunkReader, FileState, Handle, OpenFile
 from storagefs.fs.health_dir import HealthTree, Provider
 from storagefs.fs.inodes import ROOT_INODE, InodeTable, Node
 from storagefs.fs.metadata_cache import MetadataCache
@@ -48,6 +51,7 @@ from storagefs.fs.names import (
 log = logging.getLogger("storagefs.fs")
 
 T = TypeVar("T")
+C = TypeVar("C", bound=type)
 
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
@@ -56,6 +60,9 @@ RENAME_PARALLELISM = 16
 # Small files whose content a lookup fetched, kept until their first read (bounded memory:
 # at most PEEKED_FILES x peek_bytes).
 PEEKED_FILES = 256
+# Where the data of files whose upload failed goes when the mount gives up on them (unmount):
+# below the staging directory, one file per abandoned upload, never deleted by the mount.
+ABANDONED_DIR = "abandoned"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +87,56 @@ class FsOptions:
     peek_bytes: int = 64 * 1024
 
 
+_CONVERTED = (FSError, BackendError, OSError)
+
+
+def _converted(exc: BaseException) -> FSError | None:
+    leaf = first_failure(exc)
+    return as_fs_error(leaf) if isinstance(leaf, _CONVERTED) else None
+
+
+def _convert_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    if inspect.iscoroutinefunction(fn):
+
+        @functools.wraps(fn)
+        async def call_async(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return await fn(*args, **kwargs)
+            except FSError:
+                raise
+            except (*_CONVERTED, BaseExceptionGroup) as exc:
+                converted = _converted(exc)
+                if converted is None:
+                    raise
+                raise converted from exc
+
+        return call_async
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except FSError:
+            raise
+        except (*_CONVERTED, BaseExceptionGroup) as exc:
+            converted = _converted(exc)
+            if converted is None:
+                raise
+            raise converted from exc
+
+    return call
+
+
+def _errors_converted(cls: C) -> C:
+    """The core's edge: every public method of ``cls`` raises FSError for backend errors,
+    local OS errors (staging files) and groups of them (the first one counts); anything
+    else is a bug and passes through for the adapter to log."""
+    for name, member in list(vars(cls).items()):
+        if not name.startswith("_") and inspect.isfunction(member):
+            setattr(cls, name, _convert_errors(member))
+    return cls
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class DirEntry:
     name: str
@@ -87,6 +144,7 @@ class DirEntry:
     next_id: int
 
 
+@_errors_converted
 class Filesystem:
     def __init__(
         self, backend: Backend, options: FsOptions, health: Provider | None = None
@@ -122,13 +180,48 @@ class Filesystem:
         self._nursery = nursery
 
     def close(self) -> None:
-        for ofile in self._open.values():
+        for ofile in list(self._open.values()):
+            if ofile.dirty and not ofile.unlinked and ofile.staging is not None:
+                self._give_up(ofile)
             ofile.close_staging()
         self.meta.close()
 
     @property
     def dirty_files(self) -> int:
         return sum(1 for f in self._open.values() if f.dirty and not f.unlinked)
+
+    @property
+    def failed_files(self) -> int:
+        """Files whose last upload failed: their data waits in a staging file for a retry."""
+        return sum(1 for f in self._open.values() if f.state is FileState.FAILED and not f.unlinked)
+
+    @property
+    def abandoned_dir(self) -> Path:
+        return self.options.staging_dir / ABANDONED_DIR
+
+    @property
+    def abandoned_uploads(self) -> int:
+        """Uploads given up on (by this mount or an earlier one): their data is kept in
+        :attr:`abandoned_dir` for someone to look at."""
+        try:
+            return sum(1 for _ in self.abandoned_dir.iterdir())
+        except FileNotFoundError:
+            return 0
+
+    def _give_up(self, ofile: OpenFile) -> None:
+        """Stop trying to upload ``ofile``: keep its bytes under :attr:`abandoned_dir`, say so."""
+        assert ofile.staging is not None
+        self.abandoned_dir.mkdir(mode=0o700, exist_ok=True)
+        name = (ofile.node.path or "unlinked").replace("/", "%2F")
+        dest = self.abandoned_dir / f"{time.strftime('%Y%m%dT%H%M%S')}-{ofile.node.ino}-{name}"
+        ofile.staging.rename(dest)
+        ofile.staging = None
+        log.error(
+            "gave up uploading %s (last error: %s): its data is kept in %s",
+            ofile.node.path,
+            errno.errorcode.get(ofile.failed or errno.EIO, "?"),
+            dest,
+        )
 
     def _remember_content(self, path: str, etag: str, data: bytes) -> None:
         self._peeked[path] = (etag, data)
@@ -146,12 +239,15 @@ class Filesystem:
         return found[1] if len(found[1]) == node.attrs.size else None
 
     async def upload_all(self) -> None:
-        """Upload every open file with changes (on unmount); failures are logged."""
+        """Upload every open file with changes, failed ones included (on unmount); failures
+        are logged, and :meth:`close` gives up on what is still not uploaded."""
         for ofile in list(self._open.values()):
             try:
                 await self._upload(ofile)
             except FSError:
-                pass  # _upload logged it
+                continue  # _upload logged it
+            if ofile.kept and ofile.handles == 0:
+                self._drop_ofile(ofile)
 
     # --- helpers ----------------------------------------------------------------------
 
@@ -719,15 +815,36 @@ class Filesystem:
 
     def _release_ofile(self, ofile: OpenFile) -> None:
         ofile.handles -= 1
+        # Changes that were never uploaded (the upload failed) outlive the last handle: the
+        # staging file is their only copy. The kept file holds its node, so lookups and opens
+        # see the local data, and the next flush, fsync or unmount tries the upload again.
+        keep = (
+            ofile.handles <= 0 and ofile.dirty and not ofile.unlinked and ofile.staging is not None
+        )
+        if keep and not ofile.kept:
+            ofile.kept = True
+            ofile.node.handles += 1
+            log.warning(
+                "%s closed with changes not uploaded; they are kept in %s for a retry",
+                ofile.node.path,
+                ofile.staging,
+            )
         self.inodes.release_handle(ofile.node)
-        if ofile.handles <= 0:
-            if ofile.dirty and not ofile.unlinked:
-                log.error(
-                    "closing %s with changes that were never uploaded (flush failed)",
-                    ofile.node.path,
-                )
-            ofile.close_staging()
-            self._open.pop(ofile.node.ino, None)
+        if ofile.handles <= 0 and not keep:
+            self._drop_ofile(ofile)
+
+    def _drop_ofile(self, ofile: OpenFile) -> None:
+        """Forget an open file that has no handles: its staging file goes."""
+        if ofile.kept:
+            ofile.kept = False
+            self.inodes.release_handle(ofile.node)
+        ofile.close_staging()
+        self._open.pop(ofile.node.ino, None)
+
+    def _discard_kept(self, ofile: OpenFile | None) -> None:
+        """A kept failed file was unlinked or replaced: its data is no longer wanted."""
+        if ofile is not None and ofile.kept and ofile.handles == 0:
+            self._drop_ofile(ofile)
 
     async def _ensure_staging(self, ofile: OpenFile, truncate: bool = False) -> None:
         """A local copy of the file to change: empty if new/truncated, else downloaded."""
@@ -763,9 +880,11 @@ class Filesystem:
             raise FSError(errno.EEXIST)
         attrs = self._new_attrs(parent, stat.S_IFREG, mode, uid, gid)
         now = attrs.mtime_ns
+        known = existing is not None  # seen before: perhaps on the store, so not "new"
         node = self.inodes.upsert(path, attrs, None, self._expiry())
         node.lookups += 1
         ofile = self._ofile_for(node)
+        ofile.stored = ofile.stored and known
         await self._ensure_staging(ofile, truncate=True)
         ofile.version += 1  # an empty new file is still a file to upload
         fh = self._new_fh()
@@ -875,12 +994,20 @@ class Filesystem:
                 return
             version = ofile.version
             meta = node.attrs.to_metadata()
+            ofile.uploading = True
             try:
                 info = await self.backend.write(node.path, str(ofile.staging), meta)
             except BackendError as exc:
-                log.error("upload of %s failed: %s", node.path, exc)
-                raise FSError(errno.EIO, f"upload of {node.path} failed: {exc}") from exc
+                # The errno the failure means (a full journal is ENOSPC, as promised), and the
+                # file remembers it: its staging file is kept until an upload succeeds.
+                ofile.failed = errno_for(exc)
+                log.error("upload of %s failed: %s", node.path, exc)  # logged here, once
+                raise FSError(ofile.failed, f"upload of {node.path} failed: {exc}") from exc
+            finally:
+                ofile.uploading = False
             info = await self._with_etag(info)
+            ofile.failed = None
+            ofile.stored = True
             ofile.uploaded_version = version
             node.etag = info.etag
             node.expires = self._expiry()
@@ -929,6 +1056,7 @@ class Filesystem:
         ofile = self._open.get(node.ino)
         if ofile is not None:
             ofile.unlinked = True  # open handles keep working, nothing is uploaded again
+            self._discard_kept(ofile)
         self.dirs.remove(parent.path, name)
         self.inodes.detach(path)
         self._touch_dir(parent.path)
@@ -988,6 +1116,7 @@ class Filesystem:
             tofile = self._open.get(target.ino)
             if tofile is not None:
                 tofile.unlinked = True
+                self._discard_kept(tofile)
             self.inodes.detach(dst)
         self.inodes.move(src, dst, tree=node.attrs.is_dir)
         self._move_dir_times(src, dst, node)
@@ -1021,6 +1150,12 @@ class Filesystem:
 
     async def _rename_file(self, src: str, dst: str, node: Node) -> None:
         ofile = self._open.get(node.ino)
+        if ofile is not None and not ofile.stored and not ofile.unlinked:
+            # A new file not uploaded yet (rsync's temporary name, an editor's save file): the
+            # store has nothing at ``src``, so the rename moves the pending upload, which
+            # happens once, under ``dst``, when the file is closed or fsync'd.
+            await trio.lowlevel.checkpoint()
+            return
         if ofile is not None and ofile.dirty and not ofile.unlinked:
             await self._upload(ofile)  # the store must hold the newest bytes before the copy
         meta = node.attrs.to_metadata()

@@ -10,6 +10,7 @@ per reader stays at (ahead + 2) chunks whatever the file size.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import os
 from pathlib import Path
 
@@ -17,6 +18,15 @@ import trio
 
 from storagefs.backends.base import Backend
 from storagefs.fs.inodes import Node
+
+
+class FileState(enum.Enum):
+    """Where an open file's changes are (the states mountpoint-s3's write handles go through)."""
+
+    OPEN = "open"  # nothing to upload: unchanged, or every change is on the store/journal
+    DIRTY = "dirty"  # changes only in the staging file
+    UPLOADING = "uploading"  # an upload of the staging file is under way
+    FAILED = "failed"  # the last upload failed (``OpenFile.failed``: its errno); data kept
 
 
 @dataclasses.dataclass(eq=False)
@@ -31,10 +41,26 @@ class OpenFile:
     unlinked: bool = False
     handles: int = 0
     lock: trio.Lock = dataclasses.field(default_factory=trio.Lock)
+    # The errno of the last upload when it failed; cleared by the next successful one. A failed
+    # file outlives its handles (``kept``): its staging file is the only copy of its data.
+    failed: int | None = None
+    kept: bool = False
+    uploading: bool = False
+    # False for a file made by create() until an upload succeeds: nothing of it is on the
+    # store (or in the journal), so a rename just moves the pending upload to the new name.
+    stored: bool = True
 
     @property
     def dirty(self) -> bool:
         return self.version != self.uploaded_version
+
+    @property
+    def state(self) -> FileState:
+        if self.uploading:
+            return FileState.UPLOADING
+        if self.failed is not None:
+            return FileState.FAILED
+        return FileState.DIRTY if self.dirty else FileState.OPEN
 
     def close_staging(self) -> None:
         if self.fd is not None:

@@ -455,8 +455,9 @@ async def test_lookup_with_no_backend_answering(
         await fs.lookup(ROOT_INODE, "unknown")
     assert errno_of(e) == errno.ENOENT
     faulty.set_down(PermissionDenied("no"))
-    with pytest.raises(PermissionDenied):
+    with pytest.raises(FSError) as refused:
         await fs.lookup(ROOT_INODE, "unknown")
+    assert errno_of(refused) == errno.EACCES
 
 
 async def test_a_cold_lookup_of_a_small_file_fetches_its_content_once(
