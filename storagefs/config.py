@@ -103,6 +103,11 @@ class Settings(BaseSettings):
     readahead_chunks: int = Field(
         default=4, ge=0, le=32, description="Chunks fetched ahead in parallel on sequential reads."
     )
+    read_budget: int = Field(
+        default=128 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="Bytes of read chunks held or in flight across all open files together.",
+    )
 
     # --- timeouts and caching ------------------------------------------------------------
     connect_timeout: float = Field(default=3.0, gt=0, description="Seconds to connect.")

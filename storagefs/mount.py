@@ -72,6 +72,7 @@ def fs_options(settings: Settings, cache: Path, read_only: bool) -> FsOptions:
         read_only=read_only,
         read_chunk_size=settings.read_chunk_size,
         readahead_chunks=settings.readahead_chunks,
+        read_budget=settings.read_budget,
         metadata_cache=cache / "metadata.db",
         listing_head_limit=settings.listing_head_limit,
         listing_head_parallelism=settings.max_requests,

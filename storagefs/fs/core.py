@@ -36,7 +36,7 @@ from storagefs.backends.base import (
 from storagefs.fs.attrs import OBJECT_TYPES, Attrs, Defaults, attrs_from_object
 from storagefs.fs.dirs import DirCache, Entry, Listing, list_directory
 from storagefs.fs.errors import FSError, as_fs_error, errno_for, first_failure
-from storagefs.fs.files import ChunkReader, FileState, Handle, OpenFile
+from storagefs.fs.files import ChunkReader, FileState, Handle, OpenFile, ReadBudget
 from storagefs.fs.health_dir import HealthTree, Provider
 from storagefs.fs.inodes import ROOT_INODE, InodeTable, Node
 from storagefs.fs.metadata_cache import MetadataCache
@@ -72,6 +72,8 @@ class FsOptions:
     read_only: bool = False
     read_chunk_size: int = 8 * 1024 * 1024
     readahead_chunks: int = 4
+    # Read chunks held or in flight across all open files together (see ReadBudget).
+    read_budget: int = 128 * 1024 * 1024
     # Owner and modes of objects that carry no stored attributes (and of the root).
     uid: int = dataclasses.field(default_factory=os.getuid)
     gid: int = dataclasses.field(default_factory=os.getgid)
@@ -162,6 +164,7 @@ class Filesystem:
         self._dir_handles: dict[int, tuple[str, list[Entry], dict[str, dict[str, str]] | None]] = {}
         self._next_fh = 1
         self._nursery: trio.Nursery | None = None
+        self.read_budget = ReadBudget(options.read_budget)
         # Small files' contents fetched by lookups (peek), by path: (etag, bytes).
         self._peeked: collections.OrderedDict[str, tuple[str, bytes]] = collections.OrderedDict()
         self.health = HealthTree(health, options.uid, options.gid)
@@ -961,14 +964,21 @@ class Filesystem:
             assert self._nursery is not None, "Filesystem.attach() was not called"
             if node.path is None:
                 raise FSError(errno.ENOENT)
-            handle.reader = ChunkReader(
+            reader = await ChunkReader.open(
+                self._nursery,
                 self.backend,
                 node.path,
                 node.attrs.size,
                 self.options.read_chunk_size,
                 self.options.readahead_chunks,
-                self._nursery,
+                self.read_budget,
             )
+            if self._handles.get(fh) is not handle or handle.reader is not None:
+                reader.close()  # released, or a parallel read made one, while this one started
+            else:
+                handle.reader = reader
+            if handle.reader is None:
+                raise FSError(errno.EBADF)
         return await handle.reader.read(offset, size)
 
     async def write(self, fh: int, offset: int, data: bytes) -> int:
@@ -1028,6 +1038,8 @@ class Filesystem:
         handle = self._handles.pop(fh, None)
         if handle is None:
             return
+        if handle.reader is not None:
+            handle.reader.close()  # its readahead stops here
         ofile = handle.ofile
         try:
             if ofile.handles == 1 and ofile.dirty:

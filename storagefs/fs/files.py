@@ -71,15 +71,47 @@ class OpenFile:
             self.staging = None
 
 
+class ReadBudget:
+    """Bytes of read chunks held or in flight, across every open file of the mount.
+
+    Without it each reader holds (ahead + 2) chunks, so 100 readers would hold 100 times the
+    readahead. Prefetch only happens while the shared budget has room; a read that finds the
+    budget spent fetches just the bytes it was asked for, keeping nothing, so memory stays
+    bounded by the budget plus the kernel's requests in flight whatever the number of readers.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self.peak = 0  # the most ever held at once (for tests and /.health)
+
+    def take(self, n: int) -> bool:
+        if self.used + n > self.limit:
+            return False
+        self.used += n
+        self.peak = max(self.peak, self.used)
+        return True
+
+    def give(self, n: int) -> None:
+        self.used -= n
+        assert self.used >= 0, "read budget given back twice"
+
+
 class _Chunk:
-    def __init__(self) -> None:
+    def __init__(self, charged: int) -> None:
         self.done = trio.Event()
         self.data = b""
         self.error: BaseException | None = None
+        self.charged = charged  # bytes taken from the budget, given back when dropped
 
 
 class ChunkReader:
-    """Ranged reads of one object with sequential readahead."""
+    """Ranged reads of one object with sequential readahead, for one open handle.
+
+    Its fetches run in a nursery of its own (hosted by the core's), so ``close()`` — called
+    when the handle is released — cancels whatever is still in flight or queued: no request is
+    made for a file nobody reads any more, and its chunks go back to the shared budget.
+    """
 
     def __init__(
         self,
@@ -88,22 +120,67 @@ class ChunkReader:
         size: int,
         chunk: int,
         ahead: int,
-        nursery: trio.Nursery,
+        budget: ReadBudget,
     ) -> None:
         self._backend = backend
         self._key = key
         self._size = size
         self._chunk = chunk
         self._ahead = ahead
-        self._nursery = nursery
+        self._budget = budget
         self._chunks: dict[int, _Chunk] = {}
         self._next_offset = 0
+        self._nursery: trio.Nursery | None = None
+        self._closed = False
 
-    def _start(self, index: int) -> _Chunk:
+    @classmethod
+    async def open(
+        cls,
+        host: trio.Nursery,
+        backend: Backend,
+        key: str,
+        size: int,
+        chunk: int,
+        ahead: int,
+        budget: ReadBudget,
+    ) -> ChunkReader:
+        reader = cls(backend, key, size, chunk, ahead, budget)
+        await host.start(reader._run)
+        return reader
+
+    async def _run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()  # until close() cancels this nursery
+
+    def close(self) -> None:
+        """Cancel every fetch of this reader and give its chunks back to the budget."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+        for index in list(self._chunks):
+            self._drop(index)
+
+    def _drop(self, index: int) -> None:
+        chunk = self._chunks.pop(index)
+        self._budget.give(chunk.charged)
+        chunk.charged = 0
+
+    def _start(self, index: int) -> _Chunk | None:
         chunk = self._chunks.get(index)
-        if chunk is None:
-            chunk = self._chunks[index] = _Chunk()
-            self._nursery.start_soon(self._fetch, index, chunk)
+        if chunk is not None:
+            return chunk
+        if self._closed:
+            raise trio.ClosedResourceError("the file was released")
+        size = min(self._chunk, self._size - index * self._chunk)
+        if not self._budget.take(size):
+            return None  # the budget is spent: no prefetch, and a read fetches just its bytes
+        chunk = self._chunks[index] = _Chunk(size)
+        assert self._nursery is not None, "ChunkReader.open() was not used"
+        self._nursery.start_soon(self._fetch, index, chunk)
         return chunk
 
     async def _fetch(self, index: int, chunk: _Chunk) -> None:
@@ -121,26 +198,33 @@ class ChunkReader:
         first, last = offset // self._chunk, (end - 1) // self._chunk
         sequential = offset == self._next_offset
         needed = [self._start(i) for i in range(first, last + 1)]
+        if any(chunk is None for chunk in needed):
+            # Over budget: this read alone, straight from the store, nothing kept.
+            self._next_offset = end
+            return await self._backend.read(self._key, offset, end - offset)
         if sequential:
             max_index = (self._size - 1) // self._chunk
             for i in range(last + 1, min(last + self._ahead, max_index) + 1):
-                self._start(i)
+                if self._start(i) is None:
+                    break
         parts = []
         for i, chunk in zip(range(first, last + 1), needed, strict=True):
+            assert chunk is not None
             await chunk.done.wait()
             if chunk.error is not None:
-                self._chunks.pop(i, None)  # let a later read try again
+                if self._chunks.get(i) is chunk:
+                    self._drop(i)  # let a later read try again
                 raise chunk.error
             base = i * self._chunk
             parts.append(chunk.data[max(offset - base, 0) : end - base])
         self._next_offset = end
         # Drop what a sequential reader has passed; keep one chunk back for small re-reads.
         for i in [i for i in self._chunks if i < first - 1]:
-            del self._chunks[i]
+            self._drop(i)
         if len(self._chunks) > self._ahead + 4:  # random access: bound memory
             for i in sorted(self._chunks, key=lambda i: abs(i - first))[self._ahead + 4 :]:
                 if self._chunks[i].done.is_set():
-                    del self._chunks[i]
+                    self._drop(i)
         return b"".join(parts)
 
 
