@@ -46,6 +46,13 @@ class Settings(BaseSettings):
     )
     read_only: bool = Field(default=False, description="Mount read-only (same as -o ro).")
 
+    # --- owner and modes of objects without stored attributes (-o uid=,gid=,umask=...) -----
+    uid: int | None = Field(default=None, ge=0, description="Owner; default: the mounting user.")
+    gid: int | None = Field(default=None, ge=0, description="Group; default: the user's group.")
+    umask: int | None = Field(default=None, ge=0, le=0o777, description="Octal, e.g. 022.")
+    file_mode: int | None = Field(default=None, ge=0, le=0o7777, description="Octal, e.g. 644.")
+    dir_mode: int | None = Field(default=None, ge=0, le=0o7777, description="Octal, e.g. 755.")
+
     # --- S3 ------------------------------------------------------------------------------
     s3_endpoint_url: str | None = Field(
         default=None, description="S3-compatible endpoint (moto, LocalStack, MinIO...)."
@@ -134,6 +141,17 @@ class Settings(BaseSettings):
     @classmethod
     def _upper(cls, v: object) -> object:
         return v.upper() if isinstance(v, str) else v
+
+    @field_validator("umask", "file_mode", "dir_mode", mode="before")
+    @classmethod
+    def _octal(cls, v: object) -> object:
+        # STORAGEFS_UMASK=022 means what umask(1) and mount options mean by it: octal.
+        if isinstance(v, str) and v.strip():
+            try:
+                return int(v.strip(), 8)
+            except ValueError:
+                raise ValueError("expected an octal mode such as 022") from None
+        return v
 
     def resolved_primary(self) -> str:
         return self.primary or f"file://{default_data_dir()}"
