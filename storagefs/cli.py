@@ -112,7 +112,8 @@ def mount(
         "log_level": log_level,
         "log_format": log_format,
     }
-    settings = settings_from(**{**opts.settings, **flags})
+    given = {name: value for name, value in flags.items() if value is not None}
+    settings = settings_from(**{**opts.settings, **given})  # a flag wins over an -o setting
     target = check_mountpoint(mountpoint)
     if foreground:
         _run_foreground(settings, target, opts.fuse)
