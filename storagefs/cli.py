@@ -62,7 +62,7 @@ def settings_from(**overrides: object) -> Settings:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="storagefs")
+@click.version_option(package_name="storagefs", prog_name="storagefs")
 def main() -> None:
     """Mount object storage (S3, Azure Blob, a local directory) as a directory."""
 
@@ -74,7 +74,9 @@ def main() -> None:
     "-o",
     "options",
     multiple=True,
-    help="FUSE mount options, comma separated (ro, allow_other, ...).",
+    help="Mount options, comma separated: FUSE ones (ro, allow_other, default_permissions),"
+    " storagefs settings (uid=, gid=, umask=, file_mode=, dir_mode=, cache_dir=, env_file=...),"
+    " fstab/systemd ones (_netdev, nofail, x-systemd.*: ignored). See docs/MOUNTING.md.",
 )
 @click.option("--primary", help="Primary backend URL (default: $STORAGEFS_PRIMARY).")
 @click.option("--secondary", help="Secondary backend URL (default: $STORAGEFS_SECONDARY).")
@@ -94,28 +96,41 @@ def mount(
     log_format: str | None,
 ) -> None:
     """Mount the configured storage on MOUNTPOINT."""
-    settings = settings_from(
-        primary=primary,
-        secondary=secondary,
-        cache_dir=cache_dir,
-        read_only=read_only,
-        log_level=log_level,
-        log_format=log_format,
-    )
+    from storagefs import mount_options
+
+    try:
+        opts = mount_options.parse(options)
+    except mount_options.MountOptionError as exc:
+        fail(str(exc))
+    if opts.env_file is not None:
+        _load_env_file(opts.env_file)
+    flags = {
+        "primary": primary,
+        "secondary": secondary,
+        "cache_dir": cache_dir,
+        "read_only": read_only,
+        "log_level": log_level,
+        "log_format": log_format,
+    }
+    given = {name: value for name, value in flags.items() if value is not None}
+    settings = settings_from(**{**opts.settings, **given})  # a flag wins over an -o setting
     target = check_mountpoint(mountpoint)
-    fuse_opts = [o.strip() for opt in options for o in opt.split(",") if o.strip()]
-    _check_fuse_options(fuse_opts)
     if foreground:
-        _run_foreground(settings, target, fuse_opts)
+        _run_foreground(settings, target, opts.fuse)
     else:
-        _run_background(target)
+        _run_background(settings, target)
 
 
-def _check_fuse_options(opts: list[str]) -> None:
-    allowed = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(=[^,]*)?$")
-    for opt in opts:
-        if not allowed.match(opt):
-            fail(f"malformed mount option {opt!r}")
+def _load_env_file(path: Path) -> None:
+    """Variables of ``env_file=`` for settings and the SDKs; the environment wins over it."""
+    import dotenv
+
+    if not path.is_file():
+        fail(f"env_file {path} does not exist or is not a file")
+    try:
+        dotenv.load_dotenv(path, override=False)
+    except (OSError, UnicodeDecodeError) as exc:
+        fail(f"cannot read env_file {path}: {exc}")
 
 
 def _run_foreground(settings: Settings, mountpoint: Path, fuse_opts: list[str]) -> None:
@@ -135,12 +150,11 @@ def _run_foreground(settings: Settings, mountpoint: Path, fuse_opts: list[str]) 
         pass
 
 
-def _run_background(mountpoint: Path) -> None:
+def _run_background(settings: Settings, mountpoint: Path) -> None:
     """Start a foreground daemon in its own session and wait until the mount is live.
 
     A child process rather than fork(): trio and the SDKs start threads, which fork() does not
     carry over safely. The child's errors are relayed so the user still gets one clear line."""
-    settings = settings_from()
     logs = settings.cache_dir.expanduser() / "logs"
     logs.mkdir(parents=True, exist_ok=True, mode=0o700)
     log_path = logs / (re.sub(r"[^A-Za-z0-9]+", "_", str(mountpoint)).strip("_") + ".log")
@@ -276,10 +290,13 @@ def unmount(mountpoint: Path, no_wait: bool, timeout: float) -> None:
     show_default=True,
     help="Seconds to wait for the mount to answer.",
 )
-def health(mountpoint: Path | None, as_json: bool, timeout: float) -> None:
+@click.option(
+    "--degraded-ok", is_flag=True, help="Exit 0 when degraded too (for systemd and probes)."
+)
+def health(mountpoint: Path | None, as_json: bool, timeout: float, degraded_ok: bool) -> None:
     """Show the health of a mount (default: the only storagefs mount).
 
-    Exit code 0 ok, 1 degraded, 2 down or not answering.
+    Exit code 0 ok, 1 degraded (0 with --degraded-ok), 2 down or not answering.
     """
     from storagefs import probe
 
@@ -292,7 +309,30 @@ def health(mountpoint: Path | None, as_json: bool, timeout: float) -> None:
         click.echo(probe.as_json(files), nl=False)
     else:
         probe.render(target, files)
-    sys.exit(probe.exit_code(files.state))
+    code = probe.exit_code(files.state)
+    sys.exit(0 if degraded_ok and code == probe.EXIT_CODES["degraded"] else code)
+
+
+@main.command("list")
+@click.option("--json", "as_json", is_flag=True, help="A JSON array, one object per mount.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1),
+    default=5.0,
+    show_default=True,
+    help="Seconds to wait for each mount to answer.",
+)
+def list_mounts(as_json: bool, timeout: float) -> None:
+    """The live storagefs mounts: backends and health, one line each."""
+    from storagefs import mount_list
+
+    summaries = [mount_list.summarize(mp, timeout) for mp in mount_list.live_mounts()]
+    if as_json:
+        click.echo(mount_list.as_json(summaries), nl=False)
+    elif not summaries:
+        click.echo("storagefs: no storagefs mounts", err=True)
+    for summary in summaries if not as_json else ():
+        click.echo(mount_list.line(summary))
 
 
 @main.command()
