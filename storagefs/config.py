@@ -159,6 +159,19 @@ class Settings(BaseSettings):
         default=0, ge=0, description="Replay bandwidth cap; 0 = unlimited."
     )
 
+    # --- reconciliation (storagefs.sync) ------------------------------------------------
+    sync_enabled: bool = Field(
+        default=True,
+        description="With a secondary, copy to it in the background what it lacks of the primary.",
+    )
+    sync_interval: float = Field(
+        default=3600.0, gt=0, description="Seconds between two reconciliation passes."
+    )
+    sync_workers: int = Field(default=4, ge=1, le=64, description="Objects copied at once.")
+    sync_bytes_per_second: int = Field(
+        default=0, ge=0, description="Reconciliation bandwidth cap; 0 = unlimited."
+    )
+
     # --- logging -------------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"

@@ -165,9 +165,10 @@ class Snapshot:
     report_errors: int
     chain_reasons: list[str]
     rules: HealthRules
+    secondary: dict[str, Any] | None = None  # reconciliation (storagefs.sync), when it runs
 
     def status_doc(self) -> dict[str, Any]:
-        return {
+        doc: dict[str, Any] = {
             "status": self.status,
             "reasons": self.reasons,
             "generated_at": self.generated_at,
@@ -186,6 +187,9 @@ class Snapshot:
             "chain_reasons": self.chain_reasons,
             "rules": dataclasses.asdict(self.rules),
         }
+        if self.secondary is not None:
+            doc["secondary"] = self.secondary
+        return doc
 
 
 class HealthReport:
@@ -211,6 +215,8 @@ class HealthReport:
         self.backends = list(backends)
         self.chain = chain
         self.core = core
+        # The reconciliation's progress (Syncer.snapshot), set by the daemon when it runs one.
+        self.sync: Callable[[], Mapping[str, Any]] | None = None
         self.rules = rules or HealthRules()
         self._clock = clock
         self._wall_clock = wall_clock
@@ -294,6 +300,10 @@ class HealthReport:
         stale_recent = self._recent_stale(stale_reads, chain.get("last_stale_read"))
 
         reasons = self._reasons(remotes, backends, journal, stale_recent)
+        secondary = self._read("secondary", self.sync, problems) if self.sync else None
+        secondary = dict(secondary) if isinstance(secondary, Mapping) else None
+        if secondary and secondary.get("reason"):  # a secondary that lacks objects
+            reasons.append(str(secondary["reason"]))
         chain_reasons = [str(r) for r in chain.get("degraded_reasons", ()) or ()]
         if chain_reasons and not reasons:  # the chain knows of a problem our rules do not
             reasons.extend(chain_reasons)
@@ -318,6 +328,7 @@ class HealthReport:
             report_errors=self.errors,
             chain_reasons=chain_reasons,
             rules=self.rules,
+            secondary=secondary,
         )
 
     def _chain_status(self) -> Mapping[str, Any]:

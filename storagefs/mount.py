@@ -24,6 +24,7 @@ from storagefs.fs.names import bad_keys_seen
 from storagefs.fuse_ops import StorageOperations
 from storagefs.health import CoreFigures
 from storagefs.stack import Stack, build_stack
+from storagefs.sync import daemon_syncer
 from storagefs.telemetry import BacklogSampler
 
 log = logging.getLogger("storagefs.mount")
@@ -99,6 +100,9 @@ async def serve(
         failed_uploads=fs.failed_files,
         abandoned_uploads=fs.abandoned_uploads,
     )
+    syncer = daemon_syncer(chain, settings, cache)
+    if syncer is not None:
+        stack.health.sync = syncer.snapshot
     ops = StorageOperations(fs, settings.metadata_ttl, on_unexpected=stack.telemetry.notice_error)
     options = fuse_options(extra_options, read_only, settings.default_permissions)
     pyfuse3.init(ops, str(mountpoint), options)
@@ -110,6 +114,9 @@ async def serve(
             await nursery.start(chain.run)
             nursery.start_soon(sampler.run)
             nursery.start_soon(_stop_on_signal)
+            if syncer is not None:
+                nursery.start_soon(syncer.run)
+                nursery.start_soon(syncer.kick_on_signal)
             await pyfuse3.main()
             nursery.cancel_scope.cancel()
     finally:
