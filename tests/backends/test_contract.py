@@ -27,6 +27,7 @@ from storagefs.backends.base import (
 from storagefs.backends.local import LocalBackend
 from storagefs.backends.s3 import S3Backend
 from storagefs.config import Settings
+from tests.conftest import NOT_APPLICABLE
 from tests.fakes import MemoryBackend
 
 MiB = 1024 * 1024
@@ -418,7 +419,7 @@ async def test_missing_keys_raise_not_found(backend: Backend, tmp_path: Path) ->
 @pytest.fixture
 def with_prefixes(kind: str) -> None:
     if kind == "memory":
-        pytest.skip("MemoryBackend has no prefixes")
+        pytest.skip(f"{NOT_APPLICABLE} MemoryBackend has no prefixes")
 
 
 @pytest.mark.usefixtures("with_prefixes")
