@@ -52,8 +52,20 @@ def _rank(ordered: list[float], pct: float) -> float:
     return ordered[index]
 
 
-class BackendStats:
-    """Counters and recent-window figures for one backend.
+# Samples of one operation needed before its p99 sets the hedge delay (else the ceiling).
+HEDGE_MIN_SAMPLES = 16
+# New samples after which the cached p99 of an operation is computed again.
+_P99_REFRESH = 32
+
+
+class RemoteState:
+    """Counters, recent-window figures and the reachability verdict of one remote.
+
+    ``unwell()`` is what the chain orders its reads by: the breaker is not closed, or the
+    remote failed (or lost a hedged read) within the last ``unwell_for`` seconds and has not
+    answered promptly since. ``hedge_delay(op)`` is how long the chain waits for this remote
+    before asking the next one: the p99 latency of ``op`` within [``hedge_floor``,
+    ``hedge_ceiling``].
 
     ``clock`` measures latency (trio's clock in production, so MockClock tests are exact);
     ``wall_clock`` stamps errors for people reading the health files.
@@ -66,11 +78,24 @@ class BackendStats:
         window: int = 1024,
         clock: Callable[[], float],
         wall_clock: Callable[[], float] = time.time,
+        unwell_for: float = 10.0,
+        hedge_floor: float = 0.1,
+        hedge_ceiling: float = 1.0,
     ) -> None:
         self.backend = backend
         self.window = window
         self._clock = clock
         self._wall_clock = wall_clock
+        self.unwell_for = unwell_for
+        self.hedge_floor = hedge_floor
+        self.hedge_ceiling = hedge_ceiling
+
+        self.reachable: bool | None = None  # None: not asked yet
+        self.reachable_since: float | None = None  # wall clock of the last change
+        self.unwell_until = -math.inf  # clock time
+        self.unwell_reason: str | None = None
+        self._p99: dict[str, tuple[int, float]] = {}  # op -> (samples seen, p99)
+        self._seen: dict[str, int] = {}
 
         self.breaker_state = "closed"
         self.opened_at: float | None = None  # clock time the breaker last opened
@@ -117,6 +142,51 @@ class BackendStats:
         if samples is None:
             samples = self._latencies[op] = deque(maxlen=self.window)
         samples.append(self._clock() - started_at)
+        self._seen[op] = self._seen.get(op, 0) + 1
+
+    # --- reachability ---------------------------------------------------------------------
+
+    def _set_reachable(self, reachable: bool) -> None:
+        if self.reachable is not reachable:
+            self.reachable_since = self._wall_clock()
+        self.reachable = reachable
+
+    def answered(self, *, prompt: bool = True) -> None:
+        """The store answered; a prompt answer also ends an unwell spell."""
+        self._set_reachable(True)
+        if prompt:
+            self.unwell_until = -math.inf
+            self.unwell_reason = None
+
+    def failed(self, reason: str) -> None:
+        """The store did not answer (retries or deadline ran out): unwell for a while."""
+        self._set_reachable(False)
+        self.demote(reason)
+
+    def demote(self, reason: str) -> None:
+        """Unwell for ``unwell_for`` seconds from now (e.g. it lost a hedged read)."""
+        self.unwell_until = self._clock() + self.unwell_for
+        self.unwell_reason = reason
+
+    def unwell(self) -> bool:
+        return self.breaker_state != "closed" or self._clock() < self.unwell_until
+
+    def hedge_delay(self, op: str) -> float:
+        """Seconds to wait for this remote's answer to ``op`` before asking the next one."""
+        seen = self._seen.get(op, 0)
+        cached = self._p99.get(op)
+        if cached is None or (
+            seen != cached[0]
+            and (cached[0] < HEDGE_MIN_SAMPLES or seen - cached[0] >= _P99_REFRESH)
+        ):
+            figures = self.latency(op)
+            p99 = (
+                figures.p99
+                if figures is not None and figures.count >= HEDGE_MIN_SAMPLES
+                else self.hedge_ceiling
+            )
+            cached = self._p99[op] = (seen, p99)
+        return min(self.hedge_ceiling, max(self.hedge_floor, cached[1]))
 
     def rejected_one(self) -> None:
         self.rejected += 1
@@ -176,6 +246,8 @@ class BackendStats:
             "retries": self.retries,
             "timeouts": self.timeouts,
             "success_rate": self.success_rate(),
+            "unwell": self.unwell(),
+            "unwell_reason": self.unwell_reason if self.unwell() else None,
             "window": len(self._outcomes),
             "latency_s": latency,
             "last_error": dataclasses.asdict(self.last_error) if self.last_error else None,

@@ -1,10 +1,15 @@
 """FallbackChain: one Backend over [primary, secondary, ...], the journal and the local cache.
 
 Reads: the journal overlay first (a pending PUT is served from the journal, a pending DELETE
-is NotFound), then the remotes in order; a remote that is not answering (BackendUnavailable,
-TransientError) is skipped; the first remote that answers is authoritative, NotFound included,
-so a deleted file never comes back from a lagging secondary. When no remote answers, the clean
-cached copy is served and counted as a stale read.
+is NotFound), then the remotes, well ones first (a remote that failed or lost a hedged read
+recently is asked last, see :class:`RemoteState`); a remote that is not answering
+(BackendUnavailable, TransientError) is skipped at once. Reads are *hedged*: when a remote has
+not answered within its p99 latency (``hedge_min_delay`` .. ``hedge_max_delay``), the next one
+is asked as well, and the first answer wins, NotFound included (the journal overlay keeps our
+own changes consistent across remotes); the remote that lost is demoted. A read that another
+remote or the cache could answer gets a single attempt per remote (no retries). When no remote
+answers, the clean cached copy is served and counted as a stale read. Downloads (they write to
+a file) fall back in order without hedging.
 
 Writes: journaled (fsync'd) first, then applied to every remote by the replayer, which is the
 only applier. In ``write_mode="through"`` a write waits up to ``write_deadline`` for the
@@ -16,16 +21,19 @@ write returns once journaled. The cache gets a copy of every write (best effort)
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import functools
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import trio
 
 from storagefs import chain_listing as listing
+from storagefs.backend_stats import RemoteState
 from storagefs.backends.base import (
     Backend,
     BackendError,
@@ -39,7 +47,8 @@ from storagefs.backends.base import (
 from storagefs.cache import Cache
 from storagefs.config import Settings
 from storagefs.journal import ContentGone, Entry, Journal, Op
-from storagefs.replay import Outcome, Replayer
+from storagefs.replay import Outcome, Replayer, Result
+from storagefs.resilience import RetryPolicy, answerable_elsewhere
 
 T = TypeVar("T")
 
@@ -49,12 +58,22 @@ _NOT_ANSWERING = (BackendUnavailable, TransientError)
 CACHE = "cache"  # the name the local copies go by in listing tokens
 CACHE_QUEUE = 256  # small direct writes waiting to be copied into the cache
 SMALL_CACHE_COPY = 1024 * 1024  # larger direct writes are not copied into the cache
+PROBE_INTERVAL = 1.0  # seconds between health probes of an unwell remote
 
 
 class _AllDown(Exception):
     def __init__(self, last: BaseException | None) -> None:
         super().__init__("no remote answered")
         self.last = last
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Reply(Generic[T]):
+    """How one remote's part of a hedged read ended: a value, or an exception."""
+
+    index: int
+    value: T | None = None
+    error: Exception | None = None
 
 
 class RemoteHealth:
@@ -103,6 +122,24 @@ class FallbackChain:
         self.cache = cache
         self.settings = settings
         self.health_of = {name: RemoteHealth() for name in names}
+        # The state each remote's ResilientBackend keeps; a bare backend (tests, tools) gets
+        # one the chain feeds itself from what its calls see.
+        policy = RetryPolicy.from_settings(settings)
+        self.state_of: dict[str, RemoteState] = {}
+        self._chain_fed: set[str] = set()
+        for remote in self.remotes:
+            state = getattr(remote, "state", None)
+            if not isinstance(state, RemoteState):
+                state = RemoteState(
+                    remote.name,
+                    clock=trio.current_time,
+                    unwell_for=policy.breaker_reset,
+                    hedge_floor=policy.hedge_min_delay,
+                    hedge_ceiling=policy.hedge_max_delay,
+                )
+                self._chain_fed.add(remote.name)
+            self.state_of[remote.name] = state
+        self._write_floor = policy.min_bandwidth
         self.replayer = Replayer(
             journal,
             self.remotes,
@@ -116,6 +153,8 @@ class FallbackChain:
         )
         self._cache_queue: trio.MemorySendChannel[Callable[[], Awaitable[None]]] | None = None
         self._cache_cancel: trio.CancelScope | None = None
+        self._probe_cancel = trio.CancelScope()
+        self._unwell_seen = trio.Event()  # set when a remote may have become unwell
         self.stale_reads = 0
         self.last_stale_read: float | None = None  # wall clock
         self.journal_only_writes = 0  # through-mode writes acknowledged without the primary
@@ -171,6 +210,7 @@ class FallbackChain:
             self._cache_cancel = nursery.cancel_scope
             self._cache_queue = send
             nursery.start_soon(self._fill_cache, receive)
+            nursery.start_soon(self._probe_unwell)
             await nursery.start(self.replayer.run)
             task_status.started()
         self._cache_queue = None
@@ -179,6 +219,35 @@ class FallbackChain:
         self.replayer.stop()
         if self._cache_queue is not None:
             self._cache_queue.close()  # the filler finishes what is queued, then ends
+        self._probe_cancel.cancel()
+
+    async def _probe_unwell(self) -> None:
+        """Ask each unwell remote's health about once a second, so that a remote that is well
+        again gets its place back without a user's read paying for the test (and a hung one
+        stays demoted for as long as it hangs). Through the breaker: an open one is not asked
+        until its reset time, when the probe is its half-open trial."""
+        probing: set[str] = set()
+
+        async def probe(remote: Backend) -> None:
+            try:
+                await self._ask(remote, remote.health)
+            except Exception as exc:  # the verdict is in the remote's state already
+                log.debug("probe of %s: %s", remote.name, exc)
+            finally:
+                probing.discard(remote.name)
+
+        with self._probe_cancel:
+            async with trio.open_nursery() as nursery:
+                while True:
+                    if not any(state.unwell() for state in self.state_of.values()):
+                        # Nothing to probe: sleep until a failure is seen, not on a timer.
+                        self._unwell_seen = trio.Event()
+                        await self._unwell_seen.wait()
+                    await trio.sleep(PROBE_INTERVAL)
+                    for remote in self.remotes:
+                        if remote.name not in probing and self.state_of[remote.name].unwell():
+                            probing.add(remote.name)
+                            nursery.start_soon(probe, remote)
 
     async def _fill_cache(
         self, receive: trio.MemoryReceiveChannel[Callable[[], Awaitable[None]]]
@@ -224,35 +293,119 @@ class FallbackChain:
 
     def _saw(self, name: str, error: BaseException | None) -> None:
         self.health_of[name].saw(error)
+        if error is not None:
+            self._unwell_seen.set()
+        if name in self._chain_fed:
+            state = self.state_of[name]
+            if error is None:
+                state.answered()
+            else:
+                state.failed(f"{type(error).__name__}: {error}")
         if error is None and not self.replayer.is_up(name):
             self.replayer.kick(name)  # it answers us again: let the replayer probe it now
 
     def _replayed(self, name: str, error: BaseException | None) -> None:
         self.health_of[name].saw(error)
+        if error is not None:
+            self._unwell_seen.set()
 
     def _read_order(self) -> builtins.list[Backend]:
-        """The remotes in chain order, except that one which failed in the last
-        ``breaker_reset`` seconds is asked last. A hung primary then costs one timed-out
-        operation, not one per call until its breaker has counted enough failures."""
-        now = time.monotonic()
-        fresh: builtins.list[Backend] = []
-        suspect: builtins.list[Backend] = []
+        """The remotes in chain order, except that unwell ones (breaker not closed, or failed
+        or lost a hedged read recently and not answered promptly since) are asked last. A
+        hung primary then costs one hedge delay, once, not one per call."""
+        well: builtins.list[Backend] = []
+        unwell: builtins.list[Backend] = []
         for remote in self.remotes:
-            failed = self.health_of[remote.name].last_failure
-            recent = failed is not None and now - failed < self.settings.breaker_reset
-            (
-                suspect if recent and self.health_of[remote.name].reachable is False else fresh
-            ).append(remote)
-        return fresh + suspect
+            (unwell if self.state_of[remote.name].unwell() else well).append(remote)
+        return well + unwell
 
-    async def _first_answer(self, call: Callable[[Backend], Awaitable[T]]) -> T:
+    async def _first_answer(
+        self, op: str, call: Callable[[Backend], Awaitable[T]], *, cached: bool = False
+    ) -> T:
+        async def ask(remote: Backend) -> T:
+            return await self._ask(remote, functools.partial(call, remote))
+
+        return (await self._race(op, self._read_order(), ask, cached=cached))[1]
+
+    async def _race(
+        self,
+        op: str,
+        order: Sequence[Backend],
+        ask: Callable[[Backend], Awaitable[T]],
+        *,
+        cached: bool = False,
+        hedge: bool = True,
+    ) -> tuple[Backend, T]:
+        """The first answer to ``ask`` from the remotes in ``order``, and who gave it.
+
+        The next remote is asked as soon as the previous one is not answering, or (``hedge``)
+        once it has not answered within its hedge delay; the first answer wins (a negative one
+        too) and the others are cancelled. A remote that was asked before the winner and had
+        not answered is demoted: reads ask it last until it answers promptly again. Every
+        remote but the last (or, with ``cached``, every one) gets a single attempt: there is
+        somewhere else to go. _AllDown when no remote answers.
+        """
+        send, receive = trio.open_memory_channel[_Reply[T]](len(order))
+        started: builtins.list[float] = []
+        finished: set[int] = set()
         last: BaseException | None = None
-        for remote in self._read_order():
+        winner: _Reply[T] | None = None
+
+        async def one(index: int) -> None:
+            remote = order[index]
             try:
-                return await self._ask(remote, functools.partial(call, remote))
-            except _NOT_ANSWERING as exc:
-                last = exc
-        raise _AllDown(last)
+                with answerable_elsewhere(cached or index < len(order) - 1):
+                    reply: _Reply[T] = _Reply(index, value=await ask(remote))
+            except Exception as exc:
+                reply = _Reply(index, error=exc)
+            send.send_nowait(reply)
+
+        async with trio.open_nursery() as nursery:
+
+            def launch() -> None:
+                started.append(trio.current_time())
+                nursery.start_soon(one, len(started) - 1)
+
+            launch()
+            while winner is None:
+                hedge_at = math.inf
+                if hedge and len(started) < len(order):
+                    previous = self.state_of[order[len(started) - 1].name]
+                    hedge_at = started[-1] + previous.hedge_delay(op)
+                reply = None
+                with trio.move_on_at(hedge_at):
+                    reply = await receive.receive()
+                if reply is None:  # the last one asked is slow: ask the next one as well
+                    launch()
+                    continue
+                finished.add(reply.index)
+                if isinstance(reply.error, _NOT_ANSWERING):
+                    last = reply.error
+                    if len(started) < len(order):
+                        launch()
+                    elif len(finished) == len(started):
+                        break
+                    continue
+                winner = reply
+                nursery.cancel_scope.cancel()
+        if winner is None:
+            raise _AllDown(last)
+        now = trio.current_time()
+        for index in range(winner.index):
+            if index not in finished:
+                loser = order[index]
+                self._unwell_seen.set()
+                self.state_of[loser.name].demote(
+                    f"no answer to {op} within {now - started[index]:.2g} s;"
+                    f" {order[winner.index].name} answered first"
+                )
+                log.info(
+                    "%s did not answer a %s within %.2g s: %s answered; asking %s last",
+                    loser.name, op, now - started[index], order[winner.index].name, loser.name,
+                )  # fmt: skip
+        if winner.error is not None:
+            raise winner.error
+        return order[winner.index], winner.value  # type: ignore[return-value]
 
     async def _ask(self, remote: Backend, call: Callable[[], Awaitable[T]]) -> T:
         """One remote's answer, noting whether it answered (a negative answer is one too, and
@@ -306,26 +459,35 @@ class FallbackChain:
 
     async def _through(
         self,
+        op: str,
         key: str,
         entry: Entry | None,
         remote_op: Callable[[Backend, str], Awaitable[T]],
         local_op: Callable[[Entry], Awaitable[T]],
+        *,
+        hedge: bool = True,
     ) -> T:
-        """The first answer for ``key`` from the remotes in order, each asked where
-        :meth:`_where` says; _AllDown when none answers."""
-        last: BaseException | None = None
-        for remote in self._read_order():
+        """The first answer for ``key`` from the remotes (see :meth:`_race`), each asked
+        where :meth:`_where` says; _AllDown when none answers."""
+        order = self._read_order()
+        where = self._where(key, entry, order[0])
+        if where is None:
+            await trio.lowlevel.checkpoint()
+            raise NotFound(key)
+        if isinstance(where, Entry):
+            return await local_op(where)
+
+        async def ask(remote: Backend) -> T:
             where = self._where(key, entry, remote)
             if where is None:
                 await trio.lowlevel.checkpoint()
                 raise NotFound(key)
             if isinstance(where, Entry):
                 return await local_op(where)
-            try:
-                return await self._ask(remote, functools.partial(remote_op, remote, where))
-            except _NOT_ANSWERING as exc:
-                last = exc
-        raise _AllDown(last)
+            return await self._ask(remote, functools.partial(remote_op, remote, where))
+
+        cached = self.cache.enabled and self.cache.info(key) is not None
+        return (await self._race(op, order, ask, cached=cached, hedge=hedge))[1]
 
     @staticmethod
     def _pending_info(key: str, entry: Entry, metadata: Mapping[str, str] | None) -> ObjectInfo:
@@ -347,7 +509,7 @@ class FallbackChain:
             return self._pending_info(key, put, put.metadata)
 
         try:
-            info = await self._through(key, entry, lambda r, k: r.stat(k), local)
+            info = await self._through("stat", key, entry, lambda r, k: r.stat(k), local)
         except _AllDown as down:
             cached = self.cache.info(key)
             if cached is None:
@@ -363,7 +525,9 @@ class FallbackChain:
         key is journaled (the overlay and the cache answer through stat and read)."""
         if self.journal.latest(key) is None:
             try:
-                info, data = await self._first_answer(lambda r: peek(r, key, length))
+                info, data = await self._first_answer(
+                    "peek", lambda r: peek(r, key, length), cached=self.cache.info(key) is not None
+                )
             except _AllDown:
                 pass
             else:
@@ -383,7 +547,7 @@ class FallbackChain:
             entry = self.journal.latest(key)
             try:
                 data = await self._through(
-                    key, entry, lambda r, k: r.read(k, offset, length), local
+                    "read", key, entry, lambda r, k: r.read(k, offset, length), local
                 )
             except ContentGone:
                 continue
@@ -409,7 +573,9 @@ class FallbackChain:
         for _ in range(3):
             entry = self.journal.latest(key)
             try:
-                info = await self._through(key, entry, lambda r, k: r.download(k, dest), local)
+                info = await self._through(
+                    "download", key, entry, lambda r, k: r.download(k, dest), local, hedge=False
+                )
             except ContentGone:
                 continue
             except _AllDown as down:
@@ -445,22 +611,24 @@ class FallbackChain:
             start = names.index(state.backend)
             order = [order[start], *order[:start], *order[start + 1 :]]
         low = state.last if state is not None else None
-        last_error: BaseException | None = None
-        for remote in order if state is None or state.backend != CACHE else []:
+
+        async def ask(remote: Backend) -> ListPage:
             inner = state.inner if state is not None and state.backend == remote.name else None
+            return await self._ask(
+                remote,
+                lambda: self._list_from(remote, prefix, delimiter, inner, low, limit),
+            )
+
+        down = _AllDown(None)
+        if state is None or state.backend != CACHE:
             try:
-                page = await self._list_from(remote, prefix, delimiter, inner, low, limit)
-            except _NOT_ANSWERING as exc:
-                self._saw(remote.name, exc)
-                last_error = exc
-                continue
-            except BackendError:
-                self._saw(remote.name, None)
-                raise
-            self._saw(remote.name, None)
-            return await self._finish_page(remote, page, prefix, delimiter, low)
+                remote, page = await self._race("list", order, ask)
+            except _AllDown as exc:
+                down = exc
+            else:
+                return await self._finish_page(remote, page, prefix, delimiter, low)
         if not self.cache.enabled:
-            raise self._unavailable(prefix, _AllDown(last_error))
+            raise self._unavailable(prefix, down)
         self._stale(prefix)
         page = listing.after(self.cache.listing(prefix, delimiter), low)
         return await self._finish_page(None, page, prefix, delimiter, low)
@@ -542,12 +710,21 @@ class FallbackChain:
             len(self.remotes) == 1
             and self.settings.write_mode == "through"
             and self.replayer.is_up(self.primary.name)
+            and not self.state_of[self.primary.name].unwell()
             and all(self.journal.latest(k) is None for k in keys)
         )
 
-    async def _try_direct(self, call: Callable[[Backend], Awaitable[T]]) -> tuple[bool, T | None]:
+    def _write_wait(self, size: int) -> float:
+        """Seconds a write-through waits for the primary: ``write_deadline``, plus the time
+        ``size`` bytes take at the slowest bandwidth a transfer is allowed (1 MiB/s), so a
+        big upload that is making progress is waited for and a hung small one is not."""
+        return self.settings.write_deadline + size / self._write_floor
+
+    async def _try_direct(
+        self, call: Callable[[Backend], Awaitable[T]], size: int = 0
+    ) -> tuple[bool, T | None]:
         """(True, result) when the primary applied it in time; (False, None) to journal it."""
-        with trio.move_on_after(self.settings.write_deadline):
+        with trio.move_on_after(self._write_wait(size)):
             try:
                 result = await call(self.primary)
             except _NOT_ANSWERING as exc:
@@ -559,7 +736,9 @@ class FallbackChain:
 
     async def write(self, key: str, source: str, metadata: Mapping[str, str]) -> ObjectInfo:
         if self._direct(key):
-            done, info = await self._try_direct(lambda r: r.write(key, source, metadata))
+            done, info = await self._try_direct(
+                lambda r: r.write(key, source, metadata), Path(source).stat().st_size
+            )
             if done and info is not None:
                 if info.size <= SMALL_CACHE_COPY:
                     with open(source, "rb") as f:  # small and local: cheaper than a thread hop
@@ -577,7 +756,9 @@ class FallbackChain:
 
     async def write_bytes(self, key: str, data: bytes, metadata: Mapping[str, str]) -> ObjectInfo:
         if self._direct(key):
-            done, info = await self._try_direct(lambda r: r.write_bytes(key, data, metadata))
+            done, info = await self._try_direct(
+                lambda r: r.write_bytes(key, data, metadata), len(data)
+            )
             if done and info is not None:
                 written = info
                 await self._cache_soon(lambda: self.cache.store_bytes(key, data, written))
@@ -628,9 +809,15 @@ class FallbackChain:
         if self.settings.write_mode == "back":
             await trio.lowlevel.checkpoint()
             return fallback
-        result = await self.replayer.wait(
-            entry.seq, self.primary.name, self.settings.write_deadline
-        )
+        if self.state_of[self.primary.name].unwell():
+            # Known not to answer promptly: waiting would only delay the caller; the entry is
+            # durable in the journal and the replayer delivers it when the primary is back.
+            await trio.lowlevel.checkpoint()
+            result = Result(Outcome.UNAVAILABLE)
+        else:
+            result = await self.replayer.wait(
+                entry.seq, self.primary.name, self._write_wait(entry.size)
+            )
         if result.outcome is Outcome.APPLIED:
             return result.info if result.info is not None else fallback
         if result.outcome is Outcome.FAILED:

@@ -110,9 +110,31 @@ class Settings(BaseSettings):
     )
 
     # --- timeouts and caching ------------------------------------------------------------
-    connect_timeout: float = Field(default=3.0, gt=0, description="Seconds to connect.")
+    connect_timeout: float = Field(
+        default=2.0, gt=0, description="Seconds to connect (the SDKs' connect timeout)."
+    )
+    first_byte_timeout: float = Field(
+        default=2.0,
+        gt=0,
+        description="Seconds one attempt of a metadata request (stat, list, delete) or of a"
+        " read/write of at most 1 MiB waits for its answer.",
+    )
     request_timeout: float = Field(
-        default=30.0, gt=0, description="Seconds for one attempt of one request."
+        default=30.0,
+        gt=0,
+        description="Seconds one attempt of a larger transfer may take, plus 1 s per MiB; also"
+        " the SDKs' socket read timeout (a transfer silent that long is stalled).",
+    )
+    hedge_min_delay: float = Field(
+        default=0.1,
+        gt=0,
+        description="A read not answered within the backend's p99 latency, but at least this"
+        " many seconds, is also asked of the next backend.",
+    )
+    hedge_max_delay: float = Field(
+        default=1.0,
+        gt=0,
+        description="... and at most this many seconds (the delay before there are samples).",
     )
     metadata_ttl: float = Field(
         default=5.0, ge=0, description="Seconds attributes and listings are trusted."
@@ -140,7 +162,11 @@ class Settings(BaseSettings):
     # --- journal and write policy (storagefs.journal, storagefs.chain) -------------------
     write_mode: Literal["through", "back"] = "through"
     write_deadline: float = Field(
-        default=30.0, gt=0, description="Seconds close/fsync wait for the primary (through)."
+        default=3.0,
+        gt=0,
+        description="Seconds close/fsync wait for the primary (through), plus 1 s per MiB"
+        " written; then the journal alone acknowledges it. Not at all once the primary is"
+        " known to be unwell.",
     )
     write_back_delay: float = Field(
         default=2.0,

@@ -353,6 +353,7 @@ class HealthReport:
             snap, breaker = stats.get(name, ({}, None))
             breaker = breaker or (str(snap["breaker"]) if snap.get("breaker") else None)
             reachable = view.get("reachable")
+            unwell = snap.get("unwell") is True
             available = breaker in (None, "closed") and reachable is not False
             role = str(view.get("role") or _ROLES.get(index, f"remote{index}"))
             queue = _map(_map(journal.get("backends")).get(name))
@@ -363,6 +364,7 @@ class HealthReport:
                 "available": available,
                 "breaker": breaker,
                 "reachable": reachable,
+                "unwell": unwell,
                 "consecutive_failures": _int(snap.get("consecutive_failures")),
                 "success_rate": _num(snap.get("success_rate")),
                 "pending_ops": _int(queue.get("pending_ops")),
@@ -464,6 +466,9 @@ def _remote_reasons(
             f"{who}: the last {remote['consecutive_failures']} operation(s) failed after"
             f" all retries{_error_text(remote)}"
         )
+    elif remote["unwell"]:
+        why = _map(detail.get("stats")).get("unwell_reason")
+        reasons.append(f"{who} is slow or not answering, reads ask it last: {why}")
     replay = _map(detail.get("replay"))
     if replay and replay.get("up") is False and remote["available"]:
         retry = _num(replay.get("retry_in"))

@@ -37,9 +37,11 @@ reset timer reads the wall clock; :class:`_ClockedStorage` answers it from our c
 from __future__ import annotations
 
 import collections
+import contextlib
+import contextvars
 import dataclasses
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
@@ -48,7 +50,7 @@ import pybreaker
 import tenacity
 import trio
 
-from storagefs.backend_stats import ANSWERED, FAILED, OTHER, BackendStats, short_message
+from storagefs.backend_stats import ANSWERED, FAILED, OTHER, RemoteState, short_message
 from storagefs.backends.base import (
     Backend,
     BackendError,
@@ -87,9 +89,38 @@ class AttemptTimeout(TransientError):
     """One attempt got no answer within its timeout."""
 
 
+# Operations whose answer is small: one attempt waits ``first_byte_timeout`` for it. Reads and
+# writes of at most SMALL_REQUEST bytes count too; bigger transfers get ``request_timeout`` plus
+# their size allowance, so a transfer making progress is never cut by the short timeout.
+METADATA_OPS = frozenset({"stat", "list", "peek", "delete", "health"})
+SIZED_OPS = frozenset({"read", "write", "write_bytes"})
+SMALL_REQUEST = 1 * MiB
+# Operations that only read: with another source to ask they get a single attempt.
+READ_OPS = frozenset({"stat", "list", "peek", "read", "download"})
+
+_ELSEWHERE: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "storagefs_answer_elsewhere", default=False
+)
+
+
+@contextlib.contextmanager
+def answerable_elsewhere(elsewhere: bool = True) -> Iterator[None]:
+    """Within this block, reads get one attempt: the caller (the chain) has another backend or
+    a cached copy to ask, so retrying a backend that just failed only delays the answer. The
+    breaker still counts the failure, and the chain remembers the backend as unwell."""
+    token = _ELSEWHERE.set(elsewhere)
+    try:
+        yield
+    finally:
+        _ELSEWHERE.reset(token)
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    request_timeout: float = 30.0  # seconds for one attempt of a small request
+    request_timeout: float = 30.0  # seconds for one attempt of a transfer, before its size
+    first_byte_timeout: float = 2.0  # seconds for one attempt of a metadata op or small I/O
+    hedge_min_delay: float = 0.1  # the chain asks the next backend after p99, at least this
+    hedge_max_delay: float = 1.0  # ... and at most this (also before there are samples)
     retry_attempts: int = 4  # attempts in all, the first included
     retry_initial_backoff: float = 0.1
     retry_max_backoff: float = 2.0
@@ -105,6 +136,9 @@ class RetryPolicy:
             raise ValueError("retry_attempts and breaker_failures must be at least 1")
         positive = (
             self.request_timeout,
+            self.first_byte_timeout,
+            self.hedge_min_delay,
+            self.hedge_max_delay,
             self.retry_initial_backoff,
             self.retry_max_backoff,
             self.operation_deadline,
@@ -114,12 +148,17 @@ class RetryPolicy:
         )
         if min(positive) <= 0:
             raise ValueError("timeouts, backoffs and bandwidth must be positive")
+        if self.hedge_min_delay > self.hedge_max_delay:
+            raise ValueError("hedge_min_delay must not exceed hedge_max_delay")
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: object) -> RetryPolicy:
         """The policy for ``settings``; ``overrides`` set fields Settings has no variable for."""
         base = cls(
             request_timeout=settings.request_timeout,
+            first_byte_timeout=settings.first_byte_timeout,
+            hedge_min_delay=settings.hedge_min_delay,
+            hedge_max_delay=settings.hedge_max_delay,
             retry_attempts=settings.retry_attempts,
             retry_initial_backoff=settings.retry_initial_backoff,
             retry_max_backoff=settings.retry_max_backoff,
@@ -130,8 +169,11 @@ class RetryPolicy:
         return dataclasses.replace(base, **overrides)  # type: ignore[arg-type]
 
     def attempt_timeout(self, op: str, size: int = 0) -> float:
-        """Seconds one attempt of ``op`` moving ``size`` bytes may take."""
-        return self.op_timeouts.get(op, self.request_timeout) + size / self.min_bandwidth
+        """Seconds one attempt of ``op`` moving ``size`` bytes may take: the short answer
+        timeout for metadata and small I/O, the long one for transfers, plus the size allowance."""
+        short = op in METADATA_OPS or (op in SIZED_OPS and size <= SMALL_REQUEST)
+        base = self.first_byte_timeout if short else self.request_timeout
+        return self.op_timeouts.get(op, base) + size / self.min_bandwidth
 
     def deadline(self, op: str, size: int = 0) -> float:
         """Seconds the whole operation may take; always room for at least one full attempt."""
@@ -248,8 +290,15 @@ class ResilientBackend:
         self.policy = policy
         self._clock = clock
         self._callbacks = list(on_state_change)
-        self.stats = BackendStats(inner.name, window=stats_window, clock=clock)
-        self.stats.reset_timeout = policy.breaker_reset
+        self.state = RemoteState(
+            inner.name,
+            window=stats_window,
+            clock=clock,
+            unwell_for=policy.breaker_reset,
+            hedge_floor=policy.hedge_min_delay,
+            hedge_ceiling=policy.hedge_max_delay,
+        )
+        self.state.reset_timeout = policy.breaker_reset
         self._storage = _ClockedStorage(clock)
         self.breaker = pybreaker.CircuitBreaker(
             fail_max=policy.breaker_failures,
@@ -264,6 +313,11 @@ class ResilientBackend:
         self._sizes: collections.OrderedDict[str, int] = collections.OrderedDict()
 
     # --- state for health, telemetry and tests ---------------------------------------------
+
+    @property
+    def stats(self) -> RemoteState:
+        """The same object as :attr:`state` (its counters are what health files call stats)."""
+        return self.state
 
     @property
     def breaker_state(self) -> str:
@@ -343,8 +397,11 @@ class ResilientBackend:
         return page
 
     async def read(self, key: str, offset: int, length: int) -> bytes:
+        # A chunk-sized read of a small object moves only what the object holds: timed as such.
+        known = self._sizes.get(key)
+        size = length if known is None else max(0, min(length, known - offset))
         return await self._call(
-            "read", key, lambda: self.inner.read(key, offset, length), size=length
+            "read", key, lambda: self.inner.read(key, offset, length), size=size
         )
 
     async def download(self, key: str, dest: str, *, size_hint: int | None = None) -> ObjectInfo:
@@ -422,6 +479,8 @@ class ResilientBackend:
         probe = self._admit(op, key)
         started = self.stats.started()
         outcome = OTHER
+        # A read the caller can get elsewhere is not retried here: see answerable_elsewhere.
+        single = probe or (op in READ_OPS and _ELSEWHERE.get())
         try:
             result = await self._attempts(
                 op,
@@ -429,13 +488,14 @@ class ResilientBackend:
                 call,
                 attempt_timeout=self.policy.attempt_timeout(op, size),
                 deadline=self.policy.deadline(op, size),
-                attempts=1 if probe else (attempts or self.policy.retry_attempts),
+                attempts=1 if single else (attempts or self.policy.retry_attempts),
             )
         except (TransientError, BackendUnavailable) as exc:
             outcome = FAILED
             root = exc.__cause__ if isinstance(exc.__cause__, BaseException) else exc
             self._last_failure = f"{type(root).__name__}: {short_message(root)}"
             self.stats.record_error(op, exc)
+            self.state.failed(self._last_failure)
             raise
         except BackendError as exc:
             outcome = ANSWERED
@@ -451,6 +511,12 @@ class ResilientBackend:
             outcome = ANSWERED
             return result
         finally:
+            if outcome == ANSWERED:
+                # Prompt: within the hedge ceiling, or a transfer (which is slow by size). A
+                # slow answer leaves an unwell remote unwell: the chain keeps asking it last.
+                took = self._clock() - started
+                prompt = took <= self.policy.hedge_max_delay or size > SMALL_REQUEST
+                self.state.answered(prompt=prompt)
             # Also on cancellation: the caller gave up, which says nothing about the store, so
             # the breaker is not told; a cancelled probe just lets the next call probe.
             if probe:

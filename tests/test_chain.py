@@ -744,3 +744,99 @@ async def test_no_rewrite_is_dropped_while_a_pending_copy_reads_the_key(tmp_path
         assert await chain.flush(10.0)
     for backend in (primary, secondary):
         assert contents(backend) == {"src": b"two", "snapshot": b"stored"}
+
+
+# --- failover without waiting: hedged reads, single attempts, demotion ---------------------------
+
+
+def resilient_remotes(
+    tmp_path: Path,
+) -> tuple[FaultyBackend, FaultyBackend, list[ResilientBackend]]:
+    """Two remotes behind ResilientBackends with the default policy (as a mount has them)."""
+    primary, secondary = remotes()
+    policy = RetryPolicy.from_settings(Settings(cache_dir=tmp_path))
+    return (
+        primary,
+        secondary,
+        [ResilientBackend(primary, policy), ResilientBackend(secondary, policy)],
+    )
+
+
+async def test_a_hung_primary_is_hedged_then_asked_last(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    primary, secondary, wrapped = resilient_remotes(tmp_path)
+    for backend in (primary, secondary):
+        await store(backend).write_bytes("k", b"v", META)
+    async with running(tmp_path, tuple(wrapped), breaker_reset=10.0) as chain:
+        primary.hang(("read", "stat", "list", "health"))
+        start = trio.current_time()
+        assert await chain.read("k", 0, 10) == b"v"
+        # No samples yet: the secondary is asked after the hedge ceiling, not after the
+        # primary's timeouts and retries.
+        assert trio.current_time() - start == pytest.approx(Settings().hedge_max_delay)
+        assert wrapped[0].state.unwell() and "no answer to read" in str(
+            wrapped[0].state.unwell_reason
+        )
+        asked = dict(primary.calls)
+        start = trio.current_time()
+        assert (await chain.stat("k")).size == 1
+        assert await chain.read("k", 0, 10) == b"v"
+        assert trio.current_time() - start < Settings().hedge_min_delay
+        assert {op: primary.calls[op] for op in asked} == asked  # not asked again
+        assert primary.calls.get("stat", 0) == 0
+        primary.release()
+
+
+async def test_a_failing_primary_gets_one_attempt_when_the_secondary_can_answer(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    primary, secondary, wrapped = resilient_remotes(tmp_path)
+    for backend in (primary, secondary):
+        await store(backend).write_bytes("k", b"v", META)
+    async with running(tmp_path, tuple(wrapped)) as chain:
+        primary.set_down(TransientError("503"))
+        assert (await chain.stat("k")).size == 1
+        assert primary.calls["stat"] == 1  # no retries: the secondary answered instead
+        assert wrapped[0].state.unwell()
+        secondary.set_down(TransientError("503"))
+        primary.set_up()
+        await store(secondary).delete("k")
+        # The secondary is now the last one asked with nothing after it: full retries there.
+        assert await chain.read("k", 0, 10) == b"v"
+
+
+async def test_a_slow_primary_loses_the_hedge_but_a_prompt_probe_restores_it(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    primary, secondary, wrapped = resilient_remotes(tmp_path)
+    for backend in (primary, secondary):
+        await store(backend).write_bytes("k", b"v", META)
+    async with running(tmp_path, tuple(wrapped), breaker_reset=60.0) as chain:
+        primary.add_latency(5.0, "stat")
+        await chain.stat("k")
+        assert wrapped[0].state.unwell()
+        assert chain.status()["remotes"][0]["name"] == "primary"
+        primary.add_latency(0, "stat")
+        await trio.sleep(3)  # the chain's probe asks the primary's health: it answers at once
+        assert not wrapped[0].state.unwell()
+        before = primary.calls["stat"]
+        await chain.stat("k")
+        assert primary.calls["stat"] == before + 1  # asked first again
+
+
+async def test_hedge_delay_follows_p99_within_its_bounds(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    primary, _, wrapped = resilient_remotes(tmp_path)
+    await store(primary).write_bytes("k", b"v", META)
+    state = wrapped[0].state
+    assert state.hedge_delay("stat") == state.hedge_ceiling  # no samples yet
+    primary.add_latency(0.3, "stat")
+    for _ in range(40):
+        await wrapped[0].stat("k")
+    assert state.hedge_delay("stat") == pytest.approx(0.3)
+    primary.add_latency(0.001, "stat")
+    for _ in range(2000):
+        await wrapped[0].stat("k")
+    assert state.hedge_delay("stat") == state.hedge_floor

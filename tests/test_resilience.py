@@ -40,6 +40,7 @@ from tests.fault_injection import FaultyBackend
 
 POLICY = RetryPolicy(
     request_timeout=5.0,
+    first_byte_timeout=5.0,  # the small operations of these tests time out like transfers
     retry_attempts=4,
     retry_initial_backoff=0.1,
     retry_max_backoff=2.0,
@@ -75,6 +76,9 @@ def test_is_a_backend() -> None:
 def test_policy_from_settings() -> None:
     settings = Settings(
         request_timeout=7,
+        first_byte_timeout=1.5,
+        hedge_min_delay=0.2,
+        hedge_max_delay=0.8,
         retry_attempts=3,
         retry_initial_backoff=0.5,
         retry_max_backoff=4,
@@ -86,9 +90,18 @@ def test_policy_from_settings() -> None:
     assert (policy.request_timeout, policy.retry_attempts, policy.operation_deadline) == (7, 3, 40)
     assert (policy.retry_initial_backoff, policy.retry_max_backoff) == (0.5, 4)
     assert (policy.breaker_failures, policy.breaker_reset) == (2, 3)
-    # Transfers get size / min_bandwidth on top, and the deadline always fits one attempt.
-    assert policy.attempt_timeout("stat") == 7
-    assert policy.attempt_timeout("write", 50_000) == 57
+    assert (policy.first_byte_timeout, policy.hedge_min_delay, policy.hedge_max_delay) == (
+        1.5,
+        0.2,
+        0.8,
+    )
+    # Metadata and small I/O get the short timeout, bigger transfers the long one; both get
+    # size / min_bandwidth on top, and the deadline always fits one attempt.
+    assert policy.attempt_timeout("stat") == 1.5
+    assert policy.attempt_timeout("write", 50_000) == 51.5
+    big = 2 * 1024 * 1024
+    assert policy.attempt_timeout("write", big) == 7 + big / 1000
+    assert policy.attempt_timeout("download") == 7
     assert policy.deadline("write", 50_000) == 90
     with pytest.raises(ValueError):
         RetryPolicy(retry_attempts=0)
@@ -200,7 +213,7 @@ async def test_hung_attempt_times_out_and_is_retried(
 
 
 async def test_deadline_bounds_the_operation(autojump_clock: trio.testing.MockClock) -> None:
-    policy = RetryPolicy(request_timeout=5, retry_attempts=10, operation_deadline=12)
+    policy = RetryPolicy(first_byte_timeout=5, retry_attempts=10, operation_deadline=12)
     rb, faulty, _ = make(policy)
     faulty.hang("stat")
     start = trio.current_time()

@@ -235,6 +235,9 @@ class AzureBackend:
         )
         session.mount("http://", adapter)
         session.mount("https://", adapter)
+        # As for S3: outer bounds only (resilience cuts a hung small request after
+        # first_byte_timeout); read_timeout ends a stalled transfer and frees the thread of an
+        # abandoned request.
         return RequestsTransport(
             session=session,
             session_owner=True,

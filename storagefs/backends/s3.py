@@ -179,6 +179,11 @@ class S3Backend:
             or os.environ.get("AWS_DEFAULT_REGION")
             or "us-east-1"
         )
+        # The SDK's timeouts are the outer bounds, never the ones a user waits for: a hung
+        # metadata request or small read is cut by storagefs.resilience after
+        # first_byte_timeout (and hedged by the chain sooner). read_timeout is the gap between
+        # two socket reads, so it only ends a transfer that has stalled, and it frees the
+        # worker thread of a request resilience has abandoned.
         config = Config(
             connect_timeout=settings.connect_timeout,
             read_timeout=settings.request_timeout,

@@ -102,14 +102,19 @@ def rig(
 
 @pytest.fixture
 def chain_mount(rig: Rig, mount: MountFactory) -> Iterator[MountFactory]:  # noqa: F811
-    """``chain_mount(env={...}) -> Mount``: the rig's chain mounted; ``env`` overrides."""
+    """``chain_mount(env={...}) -> Mount``: the rig's chain mounted; ``env`` overrides.
+    ``defaults=True`` leaves out the shortened timeouts of FAST_ENV."""
     if not Path("/dev/fuse").exists():
         pytest.skip("/dev/fuse is missing: FUSE mounts are not possible here")
     if FUSERMOUNT is None:
         pytest.skip("fusermount3 is not installed (apt-get install fuse3)")
 
-    def start(*, env: Mapping[str, str] | None = None) -> Mount:
-        return mount(rig.chain, env={**rig.chain.env, **(env or {})})
+    def start(*, env: Mapping[str, str] | None = None, defaults: bool = False) -> Mount:
+        store = rig.chain
+        if defaults:  # the shipped timeouts, as a new user has them
+            plain = {k: v for k, v in store.env.items() if k not in FAST_ENV}
+            store = dataclasses.replace(store, env=plain)
+        return mount(store, env={**store.env, **(env or {})})
 
     yield start
     rig.heal()
