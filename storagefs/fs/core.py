@@ -507,8 +507,9 @@ class Filesystem:
             return node
         current = self._open.get(node.ino)
         node.attrs = attrs
-        if current is not None and (current.dirty or current.staging is not None):
-            # The next upload of the staging file carries the new metadata.
+        if current is not None and current.dirty:
+            # The upload of the changed staging file (flush, fsync or release) carries the
+            # new metadata. A clean open file is not uploaded again: store it now.
             current.version += 1
             return node
         await self._store_metadata(node)
