@@ -53,6 +53,9 @@ RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 # Server-side copies in flight while renaming a directory tree.
 RENAME_PARALLELISM = 16
+# The largest file the mount makes: S3's largest object (Azure's block blobs hold more). A
+# truncate beyond it is EFBIG, not hours of uploading a sparse file the store then refuses.
+MAX_FILE_SIZE = 5 * 1024**4
 # Small files whose content a lookup fetched, kept until their first read (bounded memory:
 # at most PEEKED_FILES x peek_bytes).
 PEEKED_FILES = 256
@@ -488,6 +491,8 @@ class Filesystem:
         if size is not None:
             if attrs.is_dir:
                 raise FSError(errno.EISDIR)
+            if size > MAX_FILE_SIZE:
+                raise FSError(errno.EFBIG)
             ofile = self._ofile_for(node)
             try:
                 async with ofile.lock:

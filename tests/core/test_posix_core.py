@@ -95,6 +95,14 @@ async def test_hard_links_are_refused_with_eperm(fs: Filesystem) -> None:
     assert exc.value.errno == errno.EPERM
 
 
+async def test_truncate_beyond_the_largest_object_is_efbig(fs: Filesystem) -> None:
+    ino = await write_file(fs, "f", b"x")
+    with pytest.raises(FSError) as exc:
+        await fs.setattr(ino, size=2**62)
+    assert exc.value.errno == errno.EFBIG
+    assert (await fs.getattr(ino)).attrs.size == 1
+
+
 async def test_ctime_is_stored_and_parents_change_with_their_entries(
     fs: Filesystem, backend: MemoryBackend, tmp_path: Path, nursery: trio.Nursery
 ) -> None:

@@ -481,6 +481,7 @@ def test_errno_table_and_open_flags(posix_mount: Callable[..., Mount]) -> None:
     os.mkdir(p / "dir")
     assert outcome(os.open, p / "dir", os.O_WRONLY) == "EISDIR"
     assert outcome(os.truncate, p / "dir", 0) == "EISDIR"
+    assert outcome(os.truncate, f, 2**62) == "EFBIG"  # beyond any object a store holds
     m.unmount()
 
     ro = posix_mount(cache="cache-ro", options=("ro",))
