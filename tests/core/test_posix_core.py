@@ -171,6 +171,8 @@ def test_codec_reads_every_time_format_and_type() -> None:
     assert text_to_ns("-1") is None and text_to_ns("soon") is None and text_to_ns(None) is None
     assert ns_to_text(1_700_000_000_500_000_000) == "1700000000.5"
     assert text_to_ns(ns_to_text(123_456_789_012_345_678)) == 123_456_789_012_345_678
+    assert ns_to_text(-1_500_000_000) == "-1.5"  # before 1970: kept by the mount
+    assert text_to_ns("-1.5", before_1970=True) == -1_500_000_000
     assert object_kind({"mode": "420"}) == stat.S_IFREG  # s3fs: no type bits, a file
     assert object_kind({"mode": str(stat.S_IFSOCK | 0o755)}) == stat.S_IFSOCK
     assert object_kind({"mode": str(stat.S_IFDIR | 0o755)}) == stat.S_IFREG  # not on a file
