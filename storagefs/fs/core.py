@@ -56,6 +56,8 @@ RENAME_PARALLELISM = 16
 # The largest file the mount makes: S3's largest object (Azure's block blobs hold more). A
 # truncate beyond it is EFBIG, not hours of uploading a sparse file the store then refuses.
 MAX_FILE_SIZE = 5 * 1024**4
+# Directories whose changed times the mount keeps (see _touch_dir).
+DIR_TIMES_MAX = 100_000
 # Small files whose content a lookup fetched, kept until their first read (bounded memory:
 # at most PEEKED_FILES x peek_bytes).
 PEEKED_FILES = 256
@@ -115,7 +117,10 @@ class Filesystem:
         # mtime/ctime of directories whose entries changed in this mount, by path. A store has
         # no directory object to touch on every create/unlink (that would double the requests
         # of each), so these live for the mount's life and win over older stored times.
-        self._dir_times: dict[str, tuple[int, int]] = {}
+        # Bounded: the oldest go first, and those directories show stored times again.
+        self._dir_times: collections.OrderedDict[str, tuple[int, int]] = (
+            collections.OrderedDict()
+        )
         options.staging_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     # --- lifecycle --------------------------------------------------------------------
@@ -378,6 +383,9 @@ class Filesystem:
         """An entry of directory ``path`` was added, removed or renamed: mtime and ctime."""
         now = time.time_ns()
         self._dir_times[path] = (now, now)
+        self._dir_times.move_to_end(path)
+        if len(self._dir_times) > DIR_TIMES_MAX:
+            self._dir_times.popitem(last=False)
         node = self.inodes.by_path(path)
         if node is not None:
             node.attrs.mtime_ns = node.attrs.ctime_ns = now
