@@ -214,3 +214,30 @@ async def test_defaults_apply_to_objects_without_metadata(
     root = await fs.getattr(ROOT_INODE)
     assert root.attrs.mode == stat.S_IFDIR | 0o700 and root.attrs.uid == 42
     fs.close()
+
+
+async def test_links_and_nodes_go_through_the_journal_during_an_outage(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    from tests.test_chain import remotes, running, store
+
+    primary, secondary = remotes()
+    async with running(tmp_path / "chain", (primary, secondary)) as chain:
+        fs = make_fs(chain, tmp_path)
+        fs.attach(nursery)
+        primary.set_down()
+        secondary.set_down()
+        link = await fs.symlink(ROOT_INODE, "ln", b"target", 0, 0)
+        fifo = await fs.mknod(ROOT_INODE, "fifo", stat.S_IFIFO | 0o600, 0, 0, 0)
+        await fs.setattr(fifo.ino, mode=0o640)
+        link.target = None  # read it back through the journal's overlay
+        assert await fs.readlink(link.ino) == b"target"
+        primary.set_up()
+        secondary.set_up()
+        assert await chain.flush(10)
+        fs.close()
+    for backend in (primary, secondary):
+        objects = store(backend).objects
+        assert objects["ln"][0] == b"target"
+        assert objects["ln"][1]["mode"] == str(stat.S_IFLNK | 0o777)
+        assert objects["fifo"][1]["mode"] == str(stat.S_IFIFO | 0o640)
