@@ -86,20 +86,23 @@ class Defaults:
 
 
 def ns_to_text(ns: int) -> str:
-    sec, frac = divmod(ns, NS)
-    return f"{sec}.{frac:09d}".rstrip("0") if frac else str(sec)
+    sign = "-" if ns < 0 else ""
+    sec, frac = divmod(abs(ns), NS)
+    return f"{sign}{sec}.{frac:09d}".rstrip("0") if frac else f"{sign}{sec}"
 
 
-def text_to_ns(text: str | None) -> int | None:
+def text_to_ns(text: str | None, before_1970: bool = False) -> int | None:
     """Nanoseconds from ``"1700000000"``, ``"1700000000.5"``, ``" 17e8 "``; None if it is not
-    a time a stat can hold (garbage, negative, beyond 64 bits)."""
+    a time a stat can hold (garbage, beyond 64 bits; negative unless ``before_1970``: the
+    mount keeps what utimensat set, other readers treat it as junk)."""
     if text is None:
         return None
     try:
         ns = int(Decimal(text.strip()) * NS)
     except (InvalidOperation, ValueError):
         return None
-    return ns if 0 <= ns < 2**63 else None
+    low = -(2**63) if before_1970 else 0
+    return ns if low <= ns < 2**63 else None
 
 
 def meta_int(meta: Mapping[str, str] | None, name: str) -> int | None:
@@ -141,11 +144,11 @@ def attrs_from_object(
     perm = stored_mode(meta)
     if perm is None:
         perm = defaults.dir_mode if is_dir else defaults.file_mode
-    mtime = stored_mtime_ns(meta)
+    mtime = text_to_ns(meta.get(META_MTIME), before_1970=True)
     if mtime is None:
         mtime = int(info.mtime * NS) if info else time.time_ns()
-    ctime = text_to_ns(meta.get(META_CTIME))
-    atime = text_to_ns(meta.get(META_ATIME))
+    ctime = text_to_ns(meta.get(META_CTIME), before_1970=True)
+    atime = text_to_ns(meta.get(META_ATIME), before_1970=True)
     uid = meta_int(meta, META_UID)
     gid = meta_int(meta, META_GID)
     return Attrs(

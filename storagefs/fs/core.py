@@ -57,6 +57,11 @@ RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 # Server-side copies in flight while renaming a directory tree.
 RENAME_PARALLELISM = 16
+# The largest file the mount makes: S3's largest object (Azure's block blobs hold more). A
+# truncate beyond it is EFBIG, not hours of uploading a sparse file the store then refuses.
+MAX_FILE_SIZE = 5 * 1024**4
+# Directories whose changed times the mount keeps (see _touch_dir).
+DIR_TIMES_MAX = 100_000
 # Small files whose content a lookup fetched, kept until their first read (bounded memory:
 # at most PEEKED_FILES x peek_bytes).
 PEEKED_FILES = 256
@@ -173,7 +178,10 @@ class Filesystem:
         # mtime/ctime of directories whose entries changed in this mount, by path. A store has
         # no directory object to touch on every create/unlink (that would double the requests
         # of each), so these live for the mount's life and win over older stored times.
-        self._dir_times: dict[str, tuple[int, int]] = {}
+        # Bounded: the oldest go first, and those directories show stored times again.
+        self._dir_times: collections.OrderedDict[str, tuple[int, int]] = (
+            collections.OrderedDict()
+        )
         options.staging_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     # --- lifecycle --------------------------------------------------------------------
@@ -474,6 +482,9 @@ class Filesystem:
         """An entry of directory ``path`` was added, removed or renamed: mtime and ctime."""
         now = time.time_ns()
         self._dir_times[path] = (now, now)
+        self._dir_times.move_to_end(path)
+        if len(self._dir_times) > DIR_TIMES_MAX:
+            self._dir_times.popitem(last=False)
         node = self.inodes.by_path(path)
         if node is not None:
             node.attrs.mtime_ns = node.attrs.ctime_ns = now
@@ -587,6 +598,8 @@ class Filesystem:
         if size is not None:
             if attrs.is_dir:
                 raise FSError(errno.EISDIR)
+            if size > MAX_FILE_SIZE:
+                raise FSError(errno.EFBIG)
             ofile = self._ofile_for(node)
             try:
                 async with ofile.lock:
@@ -606,8 +619,9 @@ class Filesystem:
             return node
         current = self._open.get(node.ino)
         node.attrs = attrs
-        if current is not None and (current.dirty or current.staging is not None):
-            # The next upload of the staging file carries the new metadata.
+        if current is not None and current.dirty:
+            # The upload of the changed staging file (flush, fsync or release) carries the
+            # new metadata. A clean open file is not uploaded again: store it now.
             current.version += 1
             return node
         await self._store_metadata(node)
