@@ -83,18 +83,37 @@ class RemoteHealth:
 
 
 class _PrimaryUpload:
-    """A streaming upload to the primary that tells the chain whether the primary answered."""
+    """A streaming upload to the primary that tells the chain whether the primary answered.
+
+    Each call gets the write deadline, like a direct write: a primary too slow for it fails
+    the stream, and the writer falls back to writing the file (to the journal if need be), so
+    a hung primary costs a close() about what it costs without streaming."""
 
     def __init__(self, chain: FallbackChain, key: str, inner: Upload) -> None:
         self._chain = chain
         self._key = key
         self._inner = inner
+        self._failed: BackendError | None = None  # once one call failed, the rest fail fast
+
+    async def _call(self, call: Callable[[], Awaitable[T]]) -> T:
+        if self._failed is not None:
+            await trio.lowlevel.checkpoint()
+            raise TransientError(f"{self._key!r}: an earlier part failed: {self._failed}")
+        deadline = self._chain.settings.write_deadline
+        try:
+            with trio.fail_after(deadline):
+                return await self._chain._ask(self._chain.primary, call)
+        except trio.TooSlowError:
+            self._failed = TransientError(f"{self._key!r}: no answer within {deadline:.3g} s")
+        except BackendError as exc:
+            self._failed = exc
+        raise self._failed
 
     async def put_part(self, number: int, data: bytes) -> None:
-        await self._chain._ask(self._chain.primary, lambda: self._inner.put_part(number, data))
+        await self._call(lambda: self._inner.put_part(number, data))
 
     async def complete(self) -> ObjectInfo:
-        info = await self._chain._ask(self._chain.primary, self._inner.complete)
+        info = await self._call(self._inner.complete)
         # A cached copy of an older version must not be served during a later outage.
         await self._chain._cache_soon(lambda: self._chain.cache.discard(self._key))
         return info
