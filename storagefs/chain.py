@@ -42,7 +42,9 @@ from storagefs.backends.base import (
     NotFound,
     ObjectInfo,
     TransientError,
+    Upload,
     peek,
+    start_upload,
 )
 from storagefs.cache import Cache
 from storagefs.config import Settings
@@ -97,6 +99,46 @@ class RemoteHealth:
             self.failures += 1
             self.last_failure = time.monotonic()
             self.last_error = f"{type(error).__name__}: {error}"[:300]
+
+
+class _PrimaryUpload:
+    """A streaming upload to the primary that tells the chain whether the primary answered.
+
+    Each call gets the write deadline, like a direct write: a primary too slow for it fails
+    the stream, and the writer falls back to writing the file (to the journal if need be), so
+    a hung primary costs a close() about what it costs without streaming."""
+
+    def __init__(self, chain: FallbackChain, key: str, inner: Upload) -> None:
+        self._chain = chain
+        self._key = key
+        self._inner = inner
+        self._failed: BackendError | None = None  # once one call failed, the rest fail fast
+
+    async def _call(self, call: Callable[[], Awaitable[T]]) -> T:
+        if self._failed is not None:
+            await trio.lowlevel.checkpoint()
+            raise TransientError(f"{self._key!r}: an earlier part failed: {self._failed}")
+        deadline = self._chain.settings.write_deadline
+        try:
+            with trio.fail_after(deadline):
+                return await self._chain._ask(self._chain.primary, call)
+        except trio.TooSlowError:
+            self._failed = TransientError(f"{self._key!r}: no answer within {deadline:.3g} s")
+        except BackendError as exc:
+            self._failed = exc
+        raise self._failed
+
+    async def put_part(self, number: int, data: bytes) -> None:
+        await self._call(lambda: self._inner.put_part(number, data))
+
+    async def complete(self) -> ObjectInfo:
+        info = await self._call(self._inner.complete)
+        # A cached copy of an older version must not be served during a later outage.
+        await self._chain._cache_soon(lambda: self._chain.cache.discard(self._key))
+        return info
+
+    async def abort(self) -> None:
+        await self._inner.abort()
 
 
 class FallbackChain:
@@ -753,6 +795,22 @@ class FallbackChain:
         info = await self._settle(entry)
         assert info is not None
         return info
+
+    async def start_upload(self, key: str, metadata: Mapping[str, str]) -> Upload | None:
+        """A streaming upload straight to the primary, when a write of ``key`` would go
+        straight to it (one remote, write-through, nothing journaled for the key); None
+        otherwise: then the finished file is written, through the journal. A streamed object
+        is on the primary once complete() returns, which is what acknowledges the close; if
+        any step fails, the caller writes the file instead (to the journal if need be)."""
+        if not self._direct(key):
+            await trio.lowlevel.checkpoint()
+            return None
+        try:
+            upload = await start_upload(self.primary, key, metadata)
+        except _NOT_ANSWERING as exc:
+            self._saw(self.primary.name, exc)
+            return None
+        return None if upload is None else _PrimaryUpload(self, key, upload)
 
     async def write_bytes(self, key: str, data: bytes, metadata: Mapping[str, str]) -> ObjectInfo:
         if self._direct(key):

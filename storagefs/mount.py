@@ -77,6 +77,8 @@ def fs_options(settings: Settings, cache: Path, read_only: bool) -> FsOptions:
         metadata_cache=cache / "metadata.db",
         listing_head_limit=settings.listing_head_limit,
         listing_head_parallelism=settings.max_requests,
+        stream_part_size=settings.multipart_chunksize,
+        stream_parallelism=settings.transfer_concurrency,
     )
 
 

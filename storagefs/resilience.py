@@ -59,7 +59,9 @@ from storagefs.backends.base import (
     NotFound,
     ObjectInfo,
     TransientError,
+    Upload,
     peek,
+    start_upload,
 )
 from storagefs.config import Settings
 
@@ -215,6 +217,26 @@ class _ClockedStorage(pybreaker.CircuitMemoryStorage):
 
     def seconds_open(self) -> float:
         return 0.0 if self.opened_clock is None else self._clock() - self.opened_clock
+
+
+class _ResilientUpload:
+    """An inner :class:`Upload` whose calls go through the owner's retries and breaker."""
+
+    def __init__(self, owner: ResilientBackend, key: str, inner: Upload) -> None:
+        self._owner = owner
+        self._key = key
+        self._inner = inner
+
+    async def put_part(self, number: int, data: bytes) -> None:
+        await self._owner._call(
+            "upload_part", self._key, lambda: self._inner.put_part(number, data), size=len(data)
+        )
+
+    async def complete(self) -> ObjectInfo:
+        return await self._owner._call("complete_upload", self._key, self._inner.complete)
+
+    async def abort(self) -> None:
+        await self._owner._call("abort_upload", self._key, self._inner.abort, attempts=1)
 
 
 class _Strike(Exception):
@@ -441,6 +463,16 @@ class ResilientBackend:
         info = await self._call("copy", src, lambda: self.inner.copy(src, dst, metadata), size=size)
         self._remember(info)
         return info
+
+    async def start_upload(self, key: str, metadata: Mapping[str, str]) -> Upload | None:
+        """The inner backend's streaming upload, each of its calls retried like any other
+        operation (a part is retried alone); None when the backend has none."""
+        if getattr(self.inner, "start_upload", None) is None:
+            return None
+        upload = await self._call(
+            "start_upload", key, lambda: start_upload(self.inner, key, metadata)
+        )
+        return None if upload is None else _ResilientUpload(self, key, upload)
 
     async def health(self) -> None:
         # One attempt: the health refresher asks again soon anyway, and its answer should be

@@ -162,3 +162,34 @@ async def peek(backend: Backend, key: str, length: int) -> tuple[ObjectInfo, byt
     data = await backend.read(key, 0, min(length, info.size)) if info.size else b""
     return info, data
 
+
+
+class Upload(Protocol):
+    """An object uploaded in parts while it is still being written (S3 multipart upload).
+
+    Parts are numbered from 1, each at least 5 MiB except the last, and may be put in any order
+    and in parallel; nothing is visible under the key until :meth:`complete`. The object's
+    metadata is the one given when the upload started."""
+
+    async def put_part(self, number: int, data: bytes) -> None: ...
+
+    async def complete(self) -> ObjectInfo:
+        """Assemble the parts put so far into the object; it is then on the store."""
+        ...
+
+    async def abort(self) -> None:
+        """Drop the parts (the store would otherwise keep and bill them)."""
+        ...
+
+
+async def start_upload(
+    backend: Backend, key: str, metadata: Mapping[str, str]
+) -> Upload | None:
+    """A streaming upload of ``key``, or None when ``backend`` has none (then upload the
+    finished file with ``write``). Optional like :func:`peek`: S3 has it, Azure and local
+    directories do not."""
+    own = getattr(backend, "start_upload", None)
+    if own is None:
+        return None
+    upload: Upload | None = await own(key, metadata)
+    return upload

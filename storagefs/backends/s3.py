@@ -470,6 +470,18 @@ class S3Backend:
         )
         return await self.stat(dst)
 
+    async def start_upload(self, key: str, metadata: Mapping[str, str]) -> S3Upload:
+        """A multipart upload of ``key`` whose parts are put while the file is written."""
+        full = self._full(key)
+        resp = await self._call(
+            "start_upload",
+            key,
+            lambda: self._client.create_multipart_upload(
+                Bucket=self.bucket, Key=full, Metadata=dict(metadata)
+            ),
+        )
+        return S3Upload(self, key, full, str(resp["UploadId"]), dict(metadata))
+
     async def delete(self, key: str) -> None:
         full = self._full(key)
         await self._call(
@@ -518,6 +530,60 @@ class S3Backend:
             if isinstance(exc, _SDK_ERRORS):
                 raise classify(exc, op=op, key=key, where=self.endpoint) from exc
             raise
+
+
+class S3Upload:
+    """One multipart upload (see :class:`storagefs.backends.base.Upload`)."""
+
+    def __init__(
+        self, backend: S3Backend, key: str, full: str, upload_id: str, metadata: dict[str, str]
+    ) -> None:
+        self._backend = backend
+        self._client = backend._client
+        self._key = key
+        self._full = full
+        self._id = upload_id
+        self._metadata = metadata
+        self._parts: dict[int, tuple[str, int]] = {}  # number -> (etag, size)
+
+    async def put_part(self, number: int, data: bytes) -> None:
+        resp = await self._backend._call(
+            "upload_part",
+            self._key,
+            lambda: self._client.upload_part(
+                Bucket=self._backend.bucket,
+                Key=self._full,
+                UploadId=self._id,
+                PartNumber=number,
+                Body=data,
+            ),
+        )
+        self._parts[number] = (str(resp["ETag"]), len(data))
+
+    async def complete(self) -> ObjectInfo:
+        parts = [{"PartNumber": n, "ETag": e} for n, (e, _) in sorted(self._parts.items())]
+        resp = await self._backend._call(
+            "complete_upload",
+            self._key,
+            lambda: self._client.complete_multipart_upload(
+                Bucket=self._backend.bucket,
+                Key=self._full,
+                UploadId=self._id,
+                MultipartUpload={"Parts": parts},  # type: ignore[typeddict-item]
+            ),
+            changes=self._full,
+        )
+        size = sum(n for _, n in self._parts.values())
+        return ObjectInfo(self._key, size, time.time(), _etag(resp.get("ETag")), self._metadata)
+
+    async def abort(self) -> None:
+        await self._backend._call(
+            "abort_upload",
+            self._key,
+            lambda: self._client.abort_multipart_upload(
+                Bucket=self._backend.bucket, Key=self._full, UploadId=self._id
+            ),
+        )
 
 
 class _KnownObject(BaseSubscriber):

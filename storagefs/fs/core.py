@@ -47,6 +47,7 @@ from storagefs.fs.names import (
     dir_prefix,
     parent_and_name,
 )
+from storagefs.fs.streaming import PartStream
 
 log = logging.getLogger("storagefs.fs")
 
@@ -92,6 +93,10 @@ class FsOptions:
     # A cold lookup reads this many bytes with the attributes; files up to this size are then
     # read without another request.
     peek_bytes: int = 64 * 1024
+    # Files written sequentially are uploaded in parts of this size while they are written
+    # (storagefs/fs/streaming.py), at most stream_parallelism parts at a time in all.
+    stream_part_size: int = 16 * 1024 * 1024
+    stream_parallelism: int = 8
 
 
 _CONVERTED = (FSError, BackendError, OSError)
@@ -170,6 +175,7 @@ class Filesystem:
         self._next_fh = 1
         self._nursery: trio.Nursery | None = None
         self.read_budget = ReadBudget(options.read_budget)
+        self._part_slots = trio.CapacityLimiter(options.stream_parallelism)
         # Small files' contents fetched by lookups (peek), by path: (etag, bytes).
         self._peeked: collections.OrderedDict[str, tuple[str, bytes]] = collections.OrderedDict()
         self.health = HealthTree(health, options.uid, options.gid)
@@ -605,6 +611,7 @@ class Filesystem:
                 async with ofile.lock:
                     await self._ensure_staging(ofile, truncate=size == 0)
                     assert ofile.fd is not None
+                    ofile.end_stream("the file was truncated")
                     os.ftruncate(ofile.fd, size)
                     ofile.version += 1
                     attrs.size = size
@@ -904,6 +911,7 @@ class Filesystem:
         ofile.stored = ofile.stored and known
         await self._ensure_staging(ofile, truncate=True)
         ofile.version += 1  # an empty new file is still a file to upload
+        self._start_stream(ofile)
         fh = self._new_fh()
         self._handles[fh] = Handle(ofile, writable=True)
         self.dirs.add(parent.path, Entry(name, False, ObjectInfo(path, 0, now / 1e9)))
@@ -942,6 +950,7 @@ class Filesystem:
                     ofile.version += 1
                     node.attrs.size = 0
                     node.attrs.mtime_ns = node.attrs.ctime_ns = time.time_ns()
+                    self._start_stream(ofile)
         except BaseException:
             self._release_ofile(ofile)
             raise
@@ -1009,7 +1018,51 @@ class Filesystem:
         attrs = ofile.node.attrs
         attrs.size = max(attrs.size, offset + written)
         attrs.mtime_ns = attrs.ctime_ns = time.time_ns()
+        if ofile.stream is not None:
+            ofile.stream.wrote(offset, attrs.size)
         return written
+
+    def _start_stream(self, ofile: OpenFile) -> None:
+        """Stream the (empty) staging file to the store as it is written, if it is."""
+        ofile.end_stream("the file was truncated")
+        if self._nursery is None or ofile.fd is None or ofile.node.path is None:
+            return
+        node = ofile.node
+        ofile.stream = PartStream(
+            self.backend,
+            ofile.node.path,
+            ofile.fd,
+            lambda: node.attrs,
+            part_size=self.options.stream_part_size,
+            limiter=self._part_slots,
+            nursery=self._nursery,
+        )
+
+    async def _write_whole_or_streamed(
+        self, ofile: OpenFile, path: str, meta: dict[str, str]
+    ) -> ObjectInfo:
+        """The file on the store: the streamed parts completed when there are any, else the
+        staging file uploaded whole."""
+        assert ofile.staging is not None
+        if ofile.stream is not None and ofile.stream.dispatched == 0:
+            # Nothing streamed yet (a small file, or a close of a dup'd descriptor right after
+            # the open, as dd and shells do): write what there is, and keep streaming.
+            return await self.backend.write(path, str(ofile.staging), meta)
+        stream, ofile.stream = ofile.stream, None
+        if stream is not None:
+            info = await stream.finish(ofile.node.attrs.size)
+            started = stream.started_with
+            if info is not None and started is not None:
+                attrs = ofile.node.attrs
+                if (started.mode, started.uid, started.gid) != (attrs.mode, attrs.uid, attrs.gid):
+                    # A chmod/chown while it was written: store the attributes of now.
+                    return await self.backend.copy(path, path, meta)
+                # The stored mtime is the one of when the upload started (a multipart upload
+                # takes its metadata first); show that one, so a remount shows the same.
+                attrs.mtime_ns = started.mtime_ns
+                meta.update(attrs.to_metadata())
+                return info
+        return await self.backend.write(path, str(ofile.staging), meta)
 
     async def _upload(self, ofile: OpenFile) -> None:
         async with ofile.lock:
@@ -1020,7 +1073,7 @@ class Filesystem:
             meta = node.attrs.to_metadata()
             ofile.uploading = True
             try:
-                info = await self.backend.write(node.path, str(ofile.staging), meta)
+                info = await self._write_whole_or_streamed(ofile, node.path, meta)
             except BackendError as exc:
                 # The errno the failure means (a full journal is ENOSPC, as promised), and the
                 # file remembers it: its staging file is kept until an upload succeeds.
@@ -1082,6 +1135,7 @@ class Filesystem:
         ofile = self._open.get(node.ino)
         if ofile is not None:
             ofile.unlinked = True  # open handles keep working, nothing is uploaded again
+            ofile.end_stream("the file was unlinked")
             self._discard_kept(ofile)
         self.dirs.remove(parent.path, name)
         self.inodes.detach(path)
@@ -1179,7 +1233,9 @@ class Filesystem:
         if ofile is not None and not ofile.stored and not ofile.unlinked:
             # A new file not uploaded yet (rsync's temporary name, an editor's save file): the
             # store has nothing at ``src``, so the rename moves the pending upload, which
-            # happens once, under ``dst``, when the file is closed or fsync'd.
+            # happens once, under ``dst``, when the file is closed or fsync'd (whole: parts
+            # streamed under ``src`` are dropped).
+            ofile.end_stream("the file was renamed")
             await trio.lowlevel.checkpoint()
             return
         if ofile is not None and ofile.dirty and not ofile.unlinked:

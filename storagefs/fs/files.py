@@ -18,6 +18,7 @@ import trio
 
 from storagefs.backends.base import Backend
 from storagefs.fs.inodes import Node
+from storagefs.fs.streaming import PartStream
 
 
 class FileState(enum.Enum):
@@ -49,6 +50,7 @@ class OpenFile:
     # False for a file made by create() until an upload succeeds: nothing of it is on the
     # store (or in the journal), so a rename just moves the pending upload to the new name.
     stored: bool = True
+    stream: PartStream | None = None  # parts uploaded while the file is written sequentially
 
     @property
     def dirty(self) -> bool:
@@ -62,7 +64,13 @@ class OpenFile:
             return FileState.FAILED
         return FileState.DIRTY if self.dirty else FileState.OPEN
 
+    def end_stream(self, why: str) -> None:
+        if self.stream is not None:
+            self.stream.end(why)
+            self.stream = None
+
     def close_staging(self) -> None:
+        self.end_stream("the file is closed")
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None

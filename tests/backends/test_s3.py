@@ -25,6 +25,7 @@ from storagefs.backends.base import (
     PermissionDenied,
     TransientError,
     peek,
+    start_upload,
 )
 from storagefs.backends.s3 import S3Backend, classify
 from storagefs.config import Settings
@@ -313,3 +314,36 @@ async def test_peek_is_one_get_with_the_stat_answer(s3_bucket: S3Bucket) -> None
     assert (info.size, data, info.metadata) == (0, b"", {"mode": "33188"})
     with pytest.raises(NotFound):
         await peek(backend, "missing", 4)
+
+
+async def test_a_streaming_upload_is_multipart_and_visible_only_once_complete(
+    s3_bucket: S3Bucket,
+) -> None:
+    backend = S3Backend(s3_bucket.bucket, "p", _settings(s3_bucket.endpoint_url))
+    first, last = b"a" * (5 * 1024 * 1024), b"tail"
+    requests = _Requests(backend)
+    upload = await start_upload(backend, "streamed", {"mode": "33188"})
+    assert upload is not None
+    await upload.put_part(2, last)  # parts may arrive in any order
+    await upload.put_part(1, first)
+    with pytest.raises(NotFound):
+        await backend.stat("streamed")  # nothing under the key before complete()
+    info = await upload.complete()
+    assert requests.ops == [
+        "CreateMultipartUpload",
+        "UploadPart",
+        "UploadPart",
+        "HeadObject",
+        "CompleteMultipartUpload",
+    ]
+    assert (info.size, info.metadata) == (len(first) + len(last), {"mode": "33188"})
+    stored = await backend.stat("streamed")
+    assert (stored.etag, stored.metadata) == (info.etag, {"mode": "33188"})
+    assert await backend.read("streamed", len(first) - 1, 10) == b"a" + last
+
+    dropped = await start_upload(backend, "dropped", {})
+    assert dropped is not None
+    await dropped.put_part(1, b"x")
+    await dropped.abort()
+    with pytest.raises(NotFound):
+        await backend.stat("dropped")

@@ -1,0 +1,173 @@
+"""Uploading a file while it is written sequentially, part by part (as mountpoint-s3 and rclone
+do), so that close() costs little more than the last part instead of the whole upload.
+
+A new or truncated file gets a :class:`PartStream`. The staging file stays the source of truth:
+every write goes there first. While each write lands at or after the bytes already handed to
+the uploader, every full part of the staging file is put in the background as soon as it is
+complete (at most ``limiter`` parts at a time across all files, which also bounds the memory:
+one part in memory per slot). close()/fsync() then put the tail and complete the upload. A file
+smaller than one part never starts an upload: it is written whole, in one request, as before.
+
+Anything else ends the stream and the file is uploaded whole at close from the staging file,
+as before: a write behind the streamed bytes (the writer seeked back), a truncate, a rename, a
+failed part, a store without streaming uploads (Azure, local directories), or a chain that
+would journal the write (a secondary, write-back, the primary not answering: see
+:meth:`storagefs.chain.FallbackChain.start_upload`). An ended stream's upload is aborted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from storagefs.backends.base import Backend, BackendError, ObjectInfo, Upload, start_upload
+from storagefs.fs.attrs import Attrs
+
+log = logging.getLogger("storagefs.fs.streaming")
+
+
+class PartStream:
+    def __init__(
+        self,
+        backend: Backend,
+        key: str,
+        fd: int,
+        attrs: Callable[[], Attrs],
+        *,
+        part_size: int,
+        limiter: trio.CapacityLimiter,
+        nursery: trio.Nursery,
+    ) -> None:
+        self.key = key
+        self.dispatched = 0  # bytes [0, dispatched) are handed to part uploads
+        self.started_with: Attrs | None = None  # the attributes the object is stored with
+        self.ended = False  # no more parts: finish() declines, the file is uploaded whole
+        self._backend = backend
+        self._fd = fd
+        self._attrs = attrs
+        self._part_size = part_size
+        self._limiter = limiter
+        self._nursery = nursery
+        self._upload: Upload | None = None
+        self._start_lock = trio.Lock()
+        self._next_number = 1
+        self._done = 0  # parts the store has taken
+        self._running = 0
+        self._idle = trio.Event()
+        self._idle.set()
+
+    def wrote(self, offset: int, size: int) -> None:
+        """A write at ``offset`` left the file ``size`` bytes long: put the parts now full."""
+        if self.ended:
+            return
+        if offset < self.dispatched:
+            self.end("a write behind the bytes already streamed")
+            return
+        while size - self.dispatched >= self._part_size:
+            self._dispatch(self._part_size)
+
+    def end(self, why: str) -> None:
+        """No streaming for this file any more; its upload (if any) is aborted."""
+        if self.ended:
+            return
+        self.ended = True
+        log.debug("%s: streaming upload ended: %s", self.key, why)
+        self._soon(self._abort)
+
+    def _soon(self, fn: Callable[[], Awaitable[None]]) -> bool:
+        try:
+            self._nursery.start_soon(fn)
+        except RuntimeError:  # the mount is ending: its background nursery is closed
+            return False
+        return True
+
+    async def finish(self, size: int) -> ObjectInfo | None:
+        """Put the tail and complete the upload of the first ``size`` bytes; None when there
+        is no upload to complete (a small file, an ended stream, a failure): the caller then
+        uploads the staging file whole."""
+        await self._idle.wait()
+        upload = self._upload
+        # Every part dispatched must be on the store (a part cancelled with the mount's
+        # nursery did not fail, it just never happened): never complete a shorter object.
+        complete = self._done == self._next_number - 1
+        if upload is None or self.ended or not complete or size < self.dispatched:
+            self.end("nothing to complete")
+            return None
+        self.ended = True
+        try:
+            if size > self.dispatched:
+                offset, length = self.dispatched, size - self.dispatched
+                data = await trio.to_thread.run_sync(os.pread, self._fd, length, offset)
+                await upload.put_part(self._next_number, data)
+            return await upload.complete()
+        except (BackendError, OSError) as exc:
+            log.warning("%s: streaming upload failed (%s); uploading the file whole", self.key, exc)
+            await self._abort()
+            return None
+        finally:
+            self._upload = None
+
+    # --- the parts --------------------------------------------------------------------
+
+    def _dispatch(self, length: int) -> None:
+        number, offset = self._next_number, self.dispatched
+        self._next_number += 1
+        self.dispatched += length
+        if self._running == 0:
+            self._idle = trio.Event()
+        self._running += 1
+        if not self._soon(lambda: self._put(number, offset, length)):
+            self._running -= 1
+            if self._running == 0:
+                self._idle.set()
+            self.end("the mount is ending")
+
+    async def _put(self, number: int, offset: int, length: int) -> None:
+        try:
+            async with self._limiter:
+                upload = await self._started()
+                if upload is None or self.ended:
+                    return
+                data = await trio.to_thread.run_sync(os.pread, self._fd, length, offset)
+                if len(data) != length:
+                    raise OSError(f"staging file shorter than part {number} ({len(data)} bytes)")
+                await upload.put_part(number, data)
+                self._done += 1
+        except (BackendError, OSError) as exc:  # the file is then uploaded whole at close
+            self.end(f"part {number} failed: {exc}")
+        finally:
+            self._running -= 1
+            if self._running == 0:
+                self._idle.set()
+
+    async def _started(self) -> Upload | None:
+        async with self._start_lock:
+            if self._upload is None and not self.ended:
+                attrs = dataclasses.replace(self._attrs())
+                upload = await start_upload(self._backend, self.key, attrs.to_metadata())
+                if upload is None:
+                    self.end("the store takes this write whole")
+                    return None
+                self._upload, self.started_with = upload, attrs
+                if self._has_ended():  # ended while it started: finish() will not complete it
+                    self._soon(self._abort)
+            return self._upload
+
+    def _has_ended(self) -> bool:
+        return self.ended  # read anew after an await (mypy keeps the narrowed value)
+
+    async def _abort(self) -> None:
+        await self._idle.wait()  # parts in flight finish (or fail) first
+        async with self._start_lock:
+            upload, self._upload = self._upload, None
+        if upload is None:
+            return
+        try:
+            await upload.abort()
+        except BackendError as exc:
+            # The store keeps the parts until its lifecycle rule for incomplete uploads runs.
+            log.warning("%s: could not abort a streaming upload: %s", self.key, exc)

@@ -1,0 +1,172 @@
+"""Sequential writes are uploaded in parts while the file is written (storagefs/fs/streaming.py);
+anything else falls back to uploading the staging file whole. Counted in backend requests."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import pytest
+import trio
+
+from storagefs.backends.base import ObjectInfo, TransientError
+from storagefs.fs.core import Filesystem
+from storagefs.fs.inodes import ROOT_INODE
+from tests.core.conftest import make_fs, read_file
+from tests.fakes import MemoryBackend
+
+PART = 64 * 1024
+
+
+class StreamingMemory(MemoryBackend):
+    """The in-memory store with streaming uploads (S3's multipart, in miniature)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail_part: int | None = None
+
+    async def start_upload(self, key: str, metadata: Mapping[str, str]) -> _Upload:
+        self.calls.append(("start_upload", key))
+        await trio.lowlevel.checkpoint()
+        return _Upload(self, key, dict(metadata))
+
+
+class _Upload:
+    def __init__(self, store: StreamingMemory, key: str, metadata: dict[str, str]) -> None:
+        self.store, self.key, self.metadata = store, key, metadata
+        self.parts: dict[int, bytes] = {}
+
+    async def put_part(self, number: int, data: bytes) -> None:
+        self.store.calls.append(("upload_part", str(number)))
+        await trio.lowlevel.checkpoint()
+        if number == self.store.fail_part:
+            raise TransientError("part refused")
+        self.parts[number] = data
+
+    async def complete(self) -> ObjectInfo:
+        self.store.calls.append(("complete", self.key))
+        await trio.lowlevel.checkpoint()
+        data = b"".join(self.parts[n] for n in sorted(self.parts))
+        self.store.objects[self.key] = (data, self.metadata, time.time())
+        return self.store._info(self.key)
+
+    async def abort(self) -> None:
+        self.store.calls.append(("abort", self.key))
+        await trio.lowlevel.checkpoint()
+
+
+def ops(backend: MemoryBackend) -> list[str]:
+    return [op for op, _ in backend.calls if op not in ("stat", "list", "read")]
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Background parts read the staging file in worker threads: poll, with a bound."""
+    with trio.fail_after(10):
+        while not condition():  # noqa: ASYNC110 (worker threads set no event to wait on)
+            await trio.sleep(0.01)
+
+
+@pytest.fixture
+async def streaming(tmp_path: Path, nursery: trio.Nursery) -> tuple[Filesystem, StreamingMemory]:
+    backend = StreamingMemory()
+    fs = make_fs(backend, tmp_path, stream_part_size=PART, stream_parallelism=2)
+    fs.attach(nursery)
+    return fs, backend
+
+
+async def write_sequentially(fs: Filesystem, fh: int, data: bytes, step: int = 16 * 1024) -> None:
+    for offset in range(0, len(data), step):
+        await fs.write(fh, offset, data[offset : offset + step])
+
+
+async def test_a_sequential_writer_streams_parts_before_close(
+    streaming: tuple[Filesystem, StreamingMemory],
+) -> None:
+    fs, backend = streaming
+    data = os.urandom(4 * PART + 1000)
+    fh, _ = await fs.create(ROOT_INODE, "big", 0o640, os.O_WRONLY, 0, 0)
+    await write_sequentially(fs, fh, data)
+    await until(lambda: ops(backend).count("upload_part") == 4)
+    # Four full parts are on the store before anything asked for the file to be uploaded.
+    assert ops(backend) == ["start_upload"] + ["upload_part"] * 4
+    await fs.flush(fh)
+    await fs.release(fh)
+    assert ops(backend)[5:] == ["upload_part", "complete"]  # the tail, then one assembly
+    stored, meta, _ = backend.objects["big"]
+    assert stored == data and meta["mode"] == str(0o100640)
+    assert await read_file(fs, "big") == data
+
+
+async def test_a_close_right_after_create_keeps_streaming(
+    streaming: tuple[Filesystem, StreamingMemory],
+) -> None:
+    """dd and shells open, dup and close the descriptor before writing: that flush uploads
+    the empty file and the writes that follow still stream."""
+    fs, backend = streaming
+    fh, _ = await fs.create(ROOT_INODE, "f", 0o644, os.O_WRONLY, 0, 0)
+    await fs.flush(fh)
+    data = os.urandom(2 * PART)
+    await write_sequentially(fs, fh, data)
+    await fs.flush(fh)
+    await fs.release(fh)
+    assert ops(backend) == ["write", "start_upload", "upload_part", "upload_part", "complete"]
+    assert backend.objects["f"][0] == data
+
+
+async def test_a_small_file_is_one_upload(streaming: tuple[Filesystem, StreamingMemory]) -> None:
+    fs, backend = streaming
+    fh, _ = await fs.create(ROOT_INODE, "small", 0o644, os.O_WRONLY, 0, 0)
+    await fs.write(fh, 0, b"x" * (PART - 1))
+    await fs.flush(fh)
+    await fs.release(fh)
+    assert ops(backend) == ["write"]
+
+
+async def test_a_writer_that_seeks_back_falls_back_to_the_staging_file(
+    streaming: tuple[Filesystem, StreamingMemory],
+) -> None:
+    fs, backend = streaming
+    data = bytearray(os.urandom(3 * PART))
+    fh, _ = await fs.create(ROOT_INODE, "f", 0o644, os.O_RDWR, 0, 0)
+    await write_sequentially(fs, fh, bytes(data))
+    await until(lambda: ops(backend).count("upload_part") == 3)
+    await fs.write(fh, 10, b"HEADER")  # e.g. a length patched in at the end
+    data[10:16] = b"HEADER"
+    await fs.flush(fh)
+    await fs.release(fh)
+    await until(lambda: "abort" in ops(backend))
+    assert ops(backend).count("complete") == 0
+    assert ops(backend).count("abort") == 1  # the parts already sent are dropped
+    assert "write" in ops(backend)
+    assert backend.objects["f"][0] == bytes(data)
+
+
+async def test_a_failed_part_falls_back_to_the_staging_file(
+    streaming: tuple[Filesystem, StreamingMemory],
+) -> None:
+    fs, backend = streaming
+    backend.fail_part = 2
+    data = os.urandom(3 * PART + 5)
+    fh, _ = await fs.create(ROOT_INODE, "f", 0o644, os.O_WRONLY, 0, 0)
+    await write_sequentially(fs, fh, data)
+    await fs.flush(fh)
+    await fs.release(fh)
+    await until(lambda: "abort" in ops(backend))
+    assert "complete" not in ops(backend)
+    assert backend.objects["f"][0] == data
+
+
+async def test_a_chmod_while_streaming_is_stored(
+    streaming: tuple[Filesystem, StreamingMemory],
+) -> None:
+    fs, backend = streaming
+    fh, node = await fs.create(ROOT_INODE, "f", 0o644, os.O_WRONLY, 0, 0)
+    await write_sequentially(fs, fh, bytes(2 * PART))
+    await until(lambda: ops(backend).count("upload_part") == 2)  # started with mode 0644
+    await fs.setattr(node.ino, mode=0o600, fh=fh)
+    await fs.flush(fh)
+    await fs.release(fh)
+    assert backend.objects["f"][1]["mode"] == str(0o100600)
+    assert ops(backend)[-2:] == ["complete", "copy"]
