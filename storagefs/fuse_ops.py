@@ -253,15 +253,18 @@ class StorageOperations(pyfuse3.Operations):
             setattr(data, name, value)
         return data
 
-    # Extended attributes are not stored: say so instead of a generic failure.
+    # Extended attributes are not stored. ENOSYS tells the kernel once for the whole mount:
+    # it then answers every xattr call with EOPNOTSUPP itself. Any other answer costs a round
+    # trip per call, and there are many: `ls -l` asks ~3 per file (ACLs, SELinux label) and the
+    # kernel asks for security.capability before every write(2).
     async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
-        raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        raise pyfuse3.FUSEError(errno.ENOSYS)
 
     async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
-        return []
+        raise pyfuse3.FUSEError(errno.ENOSYS)
 
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
-        raise pyfuse3.FUSEError(errno.ENOTSUP)
+        raise pyfuse3.FUSEError(errno.ENOSYS)
 
     async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
-        raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        raise pyfuse3.FUSEError(errno.ENOSYS)

@@ -84,8 +84,9 @@ class ReadBudget:
 
     Without it each reader holds (ahead + 2) chunks, so 100 readers would hold 100 times the
     readahead. Prefetch only happens while the shared budget has room; a read that finds the
-    budget spent fetches just the bytes it was asked for, keeping nothing, so memory stays
-    bounded by the budget plus the kernel's requests in flight whatever the number of readers.
+    budget spent fetches a small range outside it (``SPILL_BYTES`` or one chunk if smaller,
+    the one buffer such a reader keeps), so memory stays bounded by the budget plus a small
+    buffer per reader, whatever the number of readers.
     """
 
     def __init__(self, limit: int) -> None:
@@ -103,6 +104,12 @@ class ReadBudget:
     def give(self, n: int) -> None:
         self.used -= n
         assert self.used >= 0, "read budget given back twice"
+
+
+# What a reader over budget fetches per request and keeps: small next to a readahead window
+# (ahead x chunk = 32 MiB by default), large enough that the next kernel reads (128 KiB each)
+# are served without a request each.
+SPILL_BYTES = 1024 * 1024
 
 
 class _Chunk:
@@ -140,6 +147,7 @@ class ChunkReader:
         self._next_offset = 0
         self._nursery: trio.Nursery | None = None
         self._closed = False
+        self._spill: tuple[int, bytes] = (0, b"")  # (offset, bytes) fetched over budget
 
     @classmethod
     async def open(
@@ -171,6 +179,7 @@ class ChunkReader:
             self._nursery.cancel_scope.cancel()
         for index in list(self._chunks):
             self._drop(index)
+        self._spill = (0, b"")
 
     def _drop(self, index: int) -> None:
         chunk = self._chunks.pop(index)
@@ -199,6 +208,16 @@ class ChunkReader:
         finally:
             chunk.done.set()
 
+    async def _read_over_budget(self, offset: int, end: int) -> bytes:
+        """Serve a read outside the budget from one small buffer, refilled as the reader goes."""
+        base, data = self._spill
+        if not (base <= offset and end <= base + len(data)):
+            length = max(end - offset, min(SPILL_BYTES, self._chunk))
+            data = await self._backend.read(self._key, offset, min(length, self._size - offset))
+            base = offset
+            self._spill = (base, data)
+        return data[offset - base : end - base]
+
     async def read(self, offset: int, length: int) -> bytes:
         end = min(offset + length, self._size)
         if offset >= end:
@@ -207,9 +226,8 @@ class ChunkReader:
         sequential = offset == self._next_offset
         needed = [self._start(i) for i in range(first, last + 1)]
         if any(chunk is None for chunk in needed):
-            # Over budget: this read alone, straight from the store, nothing kept.
             self._next_offset = end
-            return await self._backend.read(self._key, offset, end - offset)
+            return await self._read_over_budget(offset, end)
         if sequential:
             max_index = (self._size - 1) // self._chunk
             for i in range(last + 1, min(last + self._ahead, max_index) + 1):
