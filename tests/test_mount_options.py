@@ -131,3 +131,19 @@ def test_every_option_kind_is_documented() -> None:
         assert f"`{name}`" in doc, name
     for name in ("uid=", "gid=", "umask=", "file_mode=", "dir_mode=", "env_file="):
         assert f"`{name}" in doc, name
+
+
+def test_cli_takes_the_form_mount_fuse3_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`storagefs SOURCE MOUNTPOINT -o OPTS` is `storagefs mount MOUNTPOINT --primary SOURCE`."""
+    from click.testing import CliRunner
+
+    from storagefs import cli
+
+    seen: list[tuple[object, ...]] = []
+    monkeypatch.setattr(cli, "check_mountpoint", lambda path: path)
+    monkeypatch.setattr(cli, "_run_background", lambda s, mp: seen.append((s.primary, mp, s.uid)))
+    result = CliRunner().invoke(cli.main, ["file:///srv/b", "/mnt/b", "-o", "rw,uid=7,_netdev"])
+    assert result.exit_code == 0, result.output
+    assert [(p, str(mp), uid) for p, mp, uid in seen] == [("file:///srv/b", "/mnt/b", 7)]
+    bad = CliRunner().invoke(cli.main, ["file:///srv/b"])
+    assert bad.exit_code == 2 and "expected SOURCE and MOUNTPOINT" in bad.output
