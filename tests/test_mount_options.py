@@ -147,3 +147,31 @@ def test_cli_takes_the_form_mount_fuse3_runs(monkeypatch: pytest.MonkeyPatch) ->
     assert [(p, str(mp), uid) for p, mp, uid in seen] == [("file:///srv/b", "/mnt/b", 7)]
     bad = CliRunner().invoke(cli.main, ["file:///srv/b"])
     assert bad.exit_code == 2 and "expected SOURCE and MOUNTPOINT" in bad.output
+
+
+def test_env_file_sets_what_the_environment_does_not(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: os.PathLike[str]
+) -> None:
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from storagefs import cli
+
+    env_file = Path(tmp_path) / "data.env"
+    env_file.write_text("STORAGEFS_PRIMARY=file:///from/file\nSTORAGEFS_UMASK=027\n")
+    for var in ("STORAGEFS_PRIMARY", "STORAGEFS_UMASK"):
+        monkeypatch.delenv(var, raising=False)  # and restored to unset afterwards
+    monkeypatch.setenv("STORAGEFS_UMASK", "022")  # the environment wins over the file
+    seen: list[tuple[object, ...]] = []
+    monkeypatch.setattr(cli, "check_mountpoint", lambda path: path)
+    monkeypatch.setattr(cli, "_run_background", lambda s, mp: seen.append((s.primary, s.umask)))
+    result = CliRunner().invoke(cli.main, ["mount", "/mnt/x", "-o", f"env_file={env_file}"])
+    assert result.exit_code == 0, result.output
+    assert seen == [("file:///from/file", 0o22)]
+    missing = CliRunner().invoke(cli.main, ["mount", "/mnt/x", "-o", "env_file=/no/such.env"])
+    assert missing.exit_code == 2
+    assert (
+        missing.output.strip()
+        == "storagefs: error: env_file /no/such.env does not exist or is not a file"
+    )
