@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from storagefs import probe
+from storagefs import mount_options, probe
 from tests.mount.harness import LOCAL, MountFactory, clean_env, is_mounted, wait_gone
 from tests.mount.stores import LocalStore, Store
 
@@ -133,8 +133,10 @@ def test_mount_t_fstab_and_umount(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("store", [LOCAL], indirect=True)
-def test_fuse_options_reach_the_kernel(store: Store, mount: MountFactory) -> None:
+def test_fuse_options_reach_the_kernel(store: Store, mount: MountFactory, tmp_path: Path) -> None:
     """Every FUSE flag we accept is also accepted by libfuse; ro and noexec show in the mount."""
+    every = ",".join(sorted(mount_options.FUSE_FLAGS))
+    mount(store, options=(every,), mountpoint=tmp_path / "every").unmount()
     m = mount(store, options=("allow_other,default_permissions,noexec,nodev,nosuid,noatime,ro",))
     line = next(
         ln for ln in Path("/proc/self/mounts").read_text().splitlines() if f" {m.path} " in ln
