@@ -61,7 +61,25 @@ def settings_from(**overrides: object) -> Settings:
         fail(str(exc))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+_ARGV = "storagefs.argv"
+
+
+class _Commands(click.Group):
+    """The commands, plus the form mount.fuse3 runs: ``storagefs SOURCE MOUNTPOINT -o OPTS``."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and ("://" in args[0] or args[0] == "storagefs") and args[0] not in self.commands:
+            from storagefs import mount_helper
+
+            try:
+                args = mount_helper.mount_args(mount_helper.parse_args(args))
+            except mount_helper.HelperUsageError as exc:
+                fail(str(exc))
+            ctx.meta[_ARGV] = args  # what a background mount passes on to its daemon
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="storagefs", prog_name="storagefs")
 def main() -> None:
     """Mount object storage (S3, Azure Blob, a local directory) as a directory."""
@@ -158,7 +176,8 @@ def _run_background(settings: Settings, mountpoint: Path) -> None:
     logs = settings.cache_dir.expanduser() / "logs"
     logs.mkdir(parents=True, exist_ok=True, mode=0o700)
     log_path = logs / (re.sub(r"[^A-Za-z0-9]+", "_", str(mountpoint)).strip("_") + ".log")
-    args = [sys.executable, "-m", "storagefs", *sys.argv[1:], "--foreground"]
+    given = click.get_current_context().meta.get(_ARGV, sys.argv[1:])
+    args = [sys.executable, "-m", "storagefs", *given, "--foreground"]
     with open(log_path, "ab") as log_file:
         child = subprocess.Popen(
             args,

@@ -9,6 +9,10 @@ SOURCE is the primary backend URL (``s3://bucket/prefix``, ``azure://container``
 environment). The helper turns the call into ``storagefs mount MOUNTPOINT --primary SOURCE -o
 OPTIONS``, which starts the daemon, waits until the mount is live and exits, as mount(8)
 expects of a helper. ``scripts/install --system`` links it into /sbin.
+
+Without it, mount(8) falls back to mount.fuse3, which runs ``storagefs SOURCE MOUNTPOINT -o
+OPTIONS`` (the ``storagefs#SOURCE`` form of type ``fuse`` does the same): the ``storagefs``
+command takes that form too (:func:`storagefs.cli.main`), through :func:`mount_args`.
 """
 
 from __future__ import annotations
@@ -62,17 +66,22 @@ def parse_args(argv: Sequence[str]) -> HelperCall:
 
 def storagefs_argv(call: HelperCall) -> list[str]:
     """The ``storagefs mount`` command line for a helper call."""
-    argv = [sys.executable, "-m", "storagefs", "mount", call.mountpoint]
+    return [sys.executable, "-m", "storagefs", *mount_args(call)]
+
+
+def mount_args(call: HelperCall) -> list[str]:
+    """``mount MOUNTPOINT [--primary SOURCE] [-o OPTIONS]...``: the CLI's arguments."""
+    args = ["mount", call.mountpoint]
     if call.source not in CONFIGURED_SOURCES:
         if "://" not in call.source:
             raise HelperUsageError(
                 f"source {call.source!r} is not a backend URL (s3://bucket, azure://container,"
                 " file:///path) nor 'storagefs' (the configured one)"
             )
-        argv += ["--primary", call.source]
+        args += ["--primary", call.source]
     for group in call.options:
-        argv += ["-o", group]
-    return argv
+        args += ["-o", group]
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -31,11 +31,10 @@ class MountOptionError(ValueError):
 
 
 # Flags libfuse 3 turns into mount(2) flags or FUSE mount options (lib/mount.c); a value-less
-# option not listed here is a typo or a feature we do not offer.
+# option not listed here is a typo or a feature we do not offer (libfuse 3 refuses allow_root).
 FUSE_FLAGS = frozenset(
     {
         "allow_other",
-        "allow_root",
         "auto_unmount",
         "default_permissions",
         "ro",
@@ -51,20 +50,18 @@ FUSE_FLAGS = frozenset(
         "dirsync",
         "atime",
         "noatime",
-        "nodiratime",
-        "lazytime",
-        "nolazytime",
-        "relatime",
-        "norelatime",
-        "strictatime",
-        "nostrictatime",
     }
 )
-FUSE_VALUED = frozenset({"max_read"})
 
 # What mount(8), fstab(5) and systemd.mount(5) read for themselves (mount.fuse3 drops the same).
 IGNORED_FLAGS = frozenset(
     {"defaults", "auto", "noauto", "_netdev", "nofail", "user", "nouser", "users", "owner", "group"}
+)
+# Access-time variants libfuse 3 refuses; storagefs keeps no access times (atime is the mtime),
+# so an fstab line that carries them over from another filesystem loses nothing.
+IGNORED_ATIME_FLAGS = frozenset(
+    {"relatime", "norelatime", "strictatime", "nostrictatime", "lazytime", "nolazytime"}
+    | {"nodiratime", "diratime"}
 )
 IGNORED_PREFIXES = ("x-", "comment=", "user=")  # user=NAME: mount(8) names the mounting user
 
@@ -97,12 +94,10 @@ def parse(groups: Iterable[str]) -> MountOptions:
     for opt in split(groups):
         name, has_value, value = opt.partition("=")
         key = name.replace("-", "_")
-        if opt in IGNORED_FLAGS or opt.startswith(IGNORED_PREFIXES):
+        if opt in IGNORED_FLAGS | IGNORED_ATIME_FLAGS or opt.startswith(IGNORED_PREFIXES):
             result.ignored.append(opt)
         elif opt in FUSE_FLAGS:
             result.fuse.append(opt)
-        elif has_value and name in FUSE_VALUED:
-            result.fuse.append(f"{name}={_number(name, value, 10)}")
         elif not has_value:
             raise MountOptionError(_unknown(opt))
         elif key in OWNER_OPTIONS:
@@ -130,12 +125,11 @@ def _unknown(opt: str) -> str:
     )
 
 
-def _number(name: str, value: str, base: int) -> int:
+def _octal(name: str, value: str) -> int:
     try:
-        number = int(value, base)
+        number = int(value, 8)
     except ValueError:
-        kind = "an octal mode such as 022" if base == 8 else "a number"
-        raise MountOptionError(f"mount option {name}={value!r}: expected {kind}") from None
+        raise MountOptionError(f"mount option {name}={value!r}: expected an octal mode") from None
     if number < 0:
         raise MountOptionError(f"mount option {name}={value!r}: must not be negative")
     return number
@@ -153,7 +147,7 @@ def _owner(name: str, value: str) -> int:
 
 
 def _mode(name: str, value: str) -> int:
-    mode = _number(name, value, 8)
+    mode = _octal(name, value)
     limit = 0o777 if name == "umask" else 0o7777
     if mode > limit:
         raise MountOptionError(f"mount option {name}={value!r}: must be at most {limit:o}")

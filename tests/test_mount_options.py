@@ -33,17 +33,17 @@ def test_owner_by_name() -> None:
 
 
 def test_fuse_flags_pass_through_and_ro_means_read_only() -> None:
-    opts = parse(["allow_other,default_permissions,ro,noatime,max_read=131072"])
-    assert opts.fuse == ["allow_other", "default_permissions", "ro", "noatime", "max_read=131072"]
+    opts = parse(["allow_other,default_permissions,ro,noatime"])
+    assert opts.fuse == ["allow_other", "default_permissions", "ro", "noatime"]
     assert opts.read_only
     assert not parse(["allow_other"]).read_only
 
 
 def test_fstab_and_systemd_options_are_dropped() -> None:
-    given = "defaults,_netdev,nofail,noauto,auto,user,users,nouser,x-systemd.automount"
+    given = "defaults,_netdev,nofail,noauto,auto,user,users,nouser,x-systemd.automount,relatime"
     opts = parse([f"{given},x-systemd.requires=network-online.target,comment=x,user=alice"])
     assert opts.fuse == [] and opts.settings == {} and opts.env_file is None
-    assert len(opts.ignored) == 12
+    assert len(opts.ignored) == 13
 
 
 def test_settings_by_name_and_env_file(tmp_path: os.PathLike[str]) -> None:
@@ -74,7 +74,7 @@ def test_env_umask_is_octal(monkeypatch: pytest.MonkeyPatch) -> None:
         ("uid=-1", "uid="),
         ("uid=no-such-user-here", "no such user"),
         ("gid=no-such-group-here", "no such group"),
-        ("max_read=big", "max_read="),
+        ("max_read=131072", "'max_read=131072'"),
         ("azure_account_key=abc", "azure_account_key"),
     ],
 )
@@ -127,7 +127,52 @@ def test_every_option_kind_is_documented() -> None:
     from pathlib import Path
 
     doc = (Path(__file__).parents[1] / "docs" / "MOUNTING.md").read_text()
-    for name in sorted(mount_options.FUSE_FLAGS | mount_options.IGNORED_FLAGS):
+    flags = mount_options.FUSE_FLAGS | mount_options.IGNORED_FLAGS
+    for name in sorted(flags | mount_options.IGNORED_ATIME_FLAGS):
         assert f"`{name}`" in doc, name
     for name in ("uid=", "gid=", "umask=", "file_mode=", "dir_mode=", "env_file="):
         assert f"`{name}" in doc, name
+
+
+def test_cli_takes_the_form_mount_fuse3_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`storagefs SOURCE MOUNTPOINT -o OPTS` is `storagefs mount MOUNTPOINT --primary SOURCE`."""
+    from click.testing import CliRunner
+
+    from storagefs import cli
+
+    seen: list[tuple[object, ...]] = []
+    monkeypatch.setattr(cli, "check_mountpoint", lambda path: path)
+    monkeypatch.setattr(cli, "_run_background", lambda s, mp: seen.append((s.primary, mp, s.uid)))
+    result = CliRunner().invoke(cli.main, ["file:///srv/b", "/mnt/b", "-o", "rw,uid=7,_netdev"])
+    assert result.exit_code == 0, result.output
+    assert [(p, str(mp), uid) for p, mp, uid in seen] == [("file:///srv/b", "/mnt/b", 7)]
+    bad = CliRunner().invoke(cli.main, ["file:///srv/b"])
+    assert bad.exit_code == 2 and "expected SOURCE and MOUNTPOINT" in bad.output
+
+
+def test_env_file_sets_what_the_environment_does_not(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: os.PathLike[str]
+) -> None:
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from storagefs import cli
+
+    env_file = Path(tmp_path) / "data.env"
+    env_file.write_text("STORAGEFS_PRIMARY=file:///from/file\nSTORAGEFS_UMASK=027\n")
+    for var in ("STORAGEFS_PRIMARY", "STORAGEFS_UMASK"):
+        monkeypatch.delenv(var, raising=False)  # and restored to unset afterwards
+    monkeypatch.setenv("STORAGEFS_UMASK", "022")  # the environment wins over the file
+    seen: list[tuple[object, ...]] = []
+    monkeypatch.setattr(cli, "check_mountpoint", lambda path: path)
+    monkeypatch.setattr(cli, "_run_background", lambda s, mp: seen.append((s.primary, s.umask)))
+    result = CliRunner().invoke(cli.main, ["mount", "/mnt/x", "-o", f"env_file={env_file}"])
+    assert result.exit_code == 0, result.output
+    assert seen == [("file:///from/file", 0o22)]
+    missing = CliRunner().invoke(cli.main, ["mount", "/mnt/x", "-o", "env_file=/no/such.env"])
+    assert missing.exit_code == 2
+    assert (
+        missing.output.strip()
+        == "storagefs: error: env_file /no/such.env does not exist or is not a file"
+    )

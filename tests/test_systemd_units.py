@@ -58,5 +58,23 @@ def test_units_wire_the_health_probe_in() -> None:
     probe = _parse("storagefs-health@.service")
     assert probe["Service"]["ExecStart"].startswith(f"{INSTALLED_PATH} health --degraded-ok")
     timer = _parse("storagefs-health@.timer")
-    assert timer["Unit"]["BindsTo"] == "storagefs@%i.service"
+    assert timer["Unit"]["PartOf"] == "storagefs@%i.service"
     assert "OnUnitActiveSec" in timer["Timer"]
+
+
+@pytest.mark.parametrize(
+    ("state", "plain", "degraded_ok"), [("ok", 0, 0), ("degraded", 1, 0), ("down", 2, 2)]
+)
+def test_probe_exit_codes(tmp_path: Path, state: str, plain: int, degraded_ok: int) -> None:
+    """What the units' probe answers, read from a directory laid out like a mount's."""
+    from click.testing import CliRunner
+
+    from storagefs.cli import main
+
+    (tmp_path / ".health").mkdir()
+    (tmp_path / ".health" / "status.json").write_text(f'{{"status": "{state}"}}')
+    runner = CliRunner()
+    assert runner.invoke(main, ["health", str(tmp_path)]).exit_code == plain
+    result = runner.invoke(main, ["health", "--degraded-ok", str(tmp_path)])
+    assert result.exit_code == degraded_ok, result.output
+    assert runner.invoke(main, ["health", "--degraded-ok", str(tmp_path / "x")]).exit_code == 2

@@ -6,6 +6,7 @@ file open in the mount."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -65,6 +66,18 @@ def test_failing_test_still_cleans_up(tmp_path: Path) -> None:
     assert "1 failed" in result.stdout and "this test fails on purpose" in result.stdout, output
     assert "error" not in result.stdout.splitlines()[-1], output  # no teardown error either
     assert len(mounts) == 1
+    assert_nothing_left(tmp_path, mounts, output)
+
+
+@pytest.mark.azure
+def test_azurite_as_the_secondary(tmp_path: Path) -> None:
+    if shutil.which("azurite-blob") is None:
+        pytest.skip("azurite-blob is not on PATH (npm install -g azurite)")
+    result, mounts = run_sample(tmp_path, "-o", "storagefs_azure=true", "-k", "a_file_written")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0 and "1 passed" in result.stdout, output
+    assert len(mounts) == 1 and len(mounts[0]["emulator_pids"]) == 2, mounts
+    assert str(mounts[0]["secondary"]).startswith("azure://"), mounts
     assert_nothing_left(tmp_path, mounts, output)
 
 

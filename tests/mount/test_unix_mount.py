@@ -1,9 +1,11 @@
 """How Unix users mount: `mount -t fuse.storagefs`, an /etc/fstab line, `umount`; the mount
 options they expect; `storagefs list` and `--version`.
 
-mount(8) finds its helper only in /sbin, so the mount(8) tests run in a private mount namespace
-(`unshare -m`) with a tmpfs over /sbin that holds just our helper: nothing of the machine's is
-changed, and whatever the test mounts there is gone with the namespace.
+The `storagefs#URL` form of type `fuse` goes through the machine's mount.fuse3, which runs
+`storagefs URL MOUNTPOINT -o ...`. mount(8) finds our own helper only in /sbin, so the tests run
+in a private mount namespace (`unshare -m`) with a tmpfs over /sbin that holds just our helper:
+nothing of the machine's is changed, and whatever the test mounts there is gone with the
+namespace.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from storagefs import probe
+from storagefs import mount_options, probe
 from tests.mount.harness import LOCAL, MountFactory, clean_env, is_mounted, wait_gone
 from tests.mount.stores import LocalStore, Store
 
@@ -26,6 +28,17 @@ pytestmark = pytest.mark.mount
 
 NAMESPACE_SCRIPT = r"""
 set -u
+trap 'umount -l "$MP" 2>/dev/null; exit' EXIT
+step() { echo "== $*"; }
+
+step "mount.fuse3 form"
+printf '#!/bin/sh\nexec "%s" -m storagefs "$@"\n' "$PYTHON" > "$SHIM"
+chmod 755 "$SHIM"
+mount -t fuse "$SHIM#file://$BUCKET" "$MP" -o "allow_other,_netdev,nofail,cache_dir=$CACHE" \
+  || exit 5
+echo "read: $(cat "$MP/from-bucket.txt")"
+umount "$MP" || exit 6
+
 sbin=$(readlink -f /sbin)
 mount -t tmpfs -o mode=755 storagefs-test "$sbin" || exit 97
 cat > "$sbin/mount.fuse.storagefs" <<HELPER
@@ -33,8 +46,6 @@ cat > "$sbin/mount.fuse.storagefs" <<HELPER
 exec "$PYTHON" -m storagefs.mount_helper "\$@"
 HELPER
 chmod 755 "$sbin/mount.fuse.storagefs"
-trap 'umount -l "$MP" 2>/dev/null; exit' EXIT
-step() { echo "== $*"; }
 
 step "mount -t"
 mount -t fuse.storagefs "file://$BUCKET" "$MP" \
@@ -89,6 +100,7 @@ def test_mount_t_fstab_and_umount(tmp_path: Path) -> None:
             "MP": str(mp),
             "CACHE": str(tmp_path / "cache"),
             "FSTAB": str(tmp_path / "fstab"),
+            "SHIM": str(tmp_path / "storagefs"),
             "PYTHONPATH": str(Path(__file__).parents[2]),
         }
     )
@@ -107,7 +119,7 @@ def test_mount_t_fstab_and_umount(tmp_path: Path) -> None:
     for pid in leftovers:
         os.kill(pid, 9)
     assert result.returncode == 0, out
-    assert len(pids) == 2, out  # the mount -t and the fstab mounts; the bad option none
+    assert len(pids) == 3, out  # mount.fuse3 form, mount -t, fstab; the bad option none
     assert not leftovers, out
     assert (bucket / "by-mount-t.txt").read_text() == "written\n"
     assert "read: seeded" in out and "read: written" in out
@@ -121,8 +133,10 @@ def test_mount_t_fstab_and_umount(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("store", [LOCAL], indirect=True)
-def test_fuse_options_reach_the_kernel(store: Store, mount: MountFactory) -> None:
+def test_fuse_options_reach_the_kernel(store: Store, mount: MountFactory, tmp_path: Path) -> None:
     """Every FUSE flag we accept is also accepted by libfuse; ro and noexec show in the mount."""
+    every = ",".join(sorted(mount_options.FUSE_FLAGS))
+    mount(store, options=(every,), mountpoint=tmp_path / "every").unmount()
     m = mount(store, options=("allow_other,default_permissions,noexec,nodev,nosuid,noatime,ro",))
     line = next(
         ln for ln in Path("/proc/self/mounts").read_text().splitlines() if f" {m.path} " in ln

@@ -16,6 +16,11 @@ def _record_mount(request: pytest.FixtureRequest) -> Iterator[None]:
     if record and "storagefs_mount" in request.fixturenames:
         m = request.getfixturevalue("storagefs_mount")
         with open(record, "a") as f:
-            line = {"path": str(m.path), "pid": m.pid, "emulator_pids": m.emulator_pids}
+            line = {
+                "path": str(m.path),
+                "pid": m.pid,
+                "emulator_pids": m.emulator_pids,
+                "secondary": m.env.get("STORAGEFS_SECONDARY"),
+            }
             f.write(json.dumps(line) + "\n")
     yield
