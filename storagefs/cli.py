@@ -331,5 +331,35 @@ def download(
     sys.exit(code)
 
 
+@main.command()
+@click.argument("mountpoint", required=False, type=click.Path(path_type=Path))
+@click.option("--primary", help="Primary backend URL (without MOUNTPOINT).")
+@click.option("--secondary", help="Secondary backend URL (without MOUNTPOINT).")
+@click.option("--dry-run", is_flag=True, help="Only compare: say what would be copied.")
+def sync(
+    mountpoint: Path | None, primary: str | None, secondary: str | None, dry_run: bool
+) -> None:
+    """Copy to the secondary what it lacks of the primary (reconciliation).
+
+    With MOUNTPOINT, the mount's daemon runs a pass now and this follows its progress; with
+    --primary/--secondary (or their STORAGEFS_* variables) a pass runs here, with no mount.
+    Exit code 0 the secondary holds everything, 1 objects left behind, 2 bad input."""
+    from storagefs import sync_cli
+
+    try:
+        if mountpoint is not None:
+            if primary or secondary:
+                fail("give either MOUNTPOINT or --primary/--secondary, not both")
+            if not is_mounted(mountpoint):
+                fail(f"{mountpoint} is not mounted")
+            code = sync_cli.follow_mount(mountpoint, dry_run)
+        else:
+            settings = settings_from(primary=primary, secondary=secondary)
+            code = sync_cli.run_standalone(settings, dry_run)
+    except sync_cli.SyncError as exc:
+        fail(str(exc))
+    sys.exit(code)
+
+
 if __name__ == "__main__":
     main()

@@ -194,6 +194,7 @@ class Syncer:
         self.interval = interval
         self.retry_delay = retry_delay
         self.figures = Figures()
+        self.plan: list[ObjectInfo] = []  # what a dry run would have copied
         self._state = _State(directory, f"{primary.describe()} -> {secondary.describe()}")
         self.figures.last_complete_at = self._state.last_complete_at
         self._inflight: set[str] = set()
@@ -270,11 +271,12 @@ class Syncer:
             log.info("reconciliation resumes after %r", state.cursor)
         work = await self._walk(state.cursor, progress)
         f.walking = False
-        if progress is not None:
-            progress.planned(len(work), f.behind_bytes, 0, 0)
         if dry_run:
+            self.plan = work
             f.state = COMPLETE if not work else INCOMPLETE
             return f
+        if progress is not None:
+            progress.planned(len(work), f.behind_bytes, 0, 0)
         for start in range(0, len(work), self.workers):
             batch = work[start : start + self.workers]
             await _together([functools.partial(self._copy_one, i, progress) for i in batch])
