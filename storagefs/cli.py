@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import click
 
@@ -61,7 +61,35 @@ def settings_from(**overrides: object) -> Settings:
         fail(str(exc))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+EX_USAGE = 64  # sysexits.h: what `storagefs health` exits with on a usage error
+
+
+class _OneLineErrors(click.Group):
+    """Click's usage errors (a missing argument, a bad flag value) in the same one-line
+    ``storagefs: error:`` form as every other user error. Exit 2, except for ``health``,
+    whose 2 means "down": there a usage error exits 64 (EX_USAGE) so a probe cannot take a
+    typo for an outage."""
+
+    def main(self, *args: Any, **kwargs: Any) -> NoReturn:
+        kwargs["standalone_mode"] = False
+        try:
+            code = super().main(*args, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as exc:  # plain `storagefs`: the help
+            click.echo(exc.format_message(), err=True)
+            sys.exit(2)
+        except click.UsageError as exc:
+            path = exc.ctx.command_path if exc.ctx is not None else "storagefs"
+            usage = EX_USAGE if exc.ctx is not None and exc.ctx.info_name == "health" else 2
+            fail(f"{exc.format_message()} (see {path} --help)", usage)
+        except click.ClickException as exc:
+            fail(exc.format_message(), exc.exit_code)
+        except click.Abort:
+            click.echo("storagefs: interrupted", err=True)
+            sys.exit(130)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+@click.group(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="storagefs")
 def main() -> None:
     """Mount object storage (S3, Azure Blob, a local directory) as a directory."""
@@ -144,6 +172,7 @@ def _run_background(mountpoint: Path) -> None:
     logs = settings.cache_dir.expanduser() / "logs"
     logs.mkdir(parents=True, exist_ok=True, mode=0o700)
     log_path = logs / (re.sub(r"[^A-Za-z0-9]+", "_", str(mountpoint)).strip("_") + ".log")
+    start = log_path.stat().st_size if log_path.exists() else 0  # this run's lines follow
     args = [sys.executable, "-m", "storagefs", *sys.argv[1:], "--foreground"]
     with open(log_path, "ab") as log_file:
         child = subprocess.Popen(
@@ -160,20 +189,26 @@ def _run_background(mountpoint: Path) -> None:
             return
         code = child.poll()
         if code is not None:
-            fail(_last_error(log_path) or f"the daemon exited with code {code}", code or 1)
+            fail(_last_error(log_path, start) or f"the daemon exited with code {code}", code or 1)
         time.sleep(0.05)
     child.terminate()
     fail(f"the mount did not appear within {MOUNT_WAIT_SECONDS:.0f} s; see {log_path}")
 
 
-def _last_error(log_path: Path) -> str | None:
+def _last_error(log_path: Path, start: int = 0) -> str | None:
+    """The daemon's error line from this run of the log, with libfuse's own reason when it
+    printed one (libfuse writes "fuse: ..." to stderr, e.g. for an unknown mount option)."""
     try:
-        lines = log_path.read_text(errors="replace").splitlines()
+        with open(log_path, "rb") as log_file:
+            log_file.seek(start)
+            lines = log_file.read().decode(errors="replace").splitlines()
     except OSError:
         return None
+    fuse_said = [line for line in lines if line.startswith("fuse: ")]
     for line in reversed(lines[-50:]):
         if line.startswith("storagefs: error: "):
-            return line[len("storagefs: error: ") :]
+            error = line[len("storagefs: error: ") :]
+            return f"{error} ({fuse_said[-1]})" if fuse_said else error
     return None
 
 
@@ -262,8 +297,17 @@ def unmount(mountpoint: Path, no_wait: bool, timeout: float) -> None:
         # The daemon died: only a lazy unmount removes a dead FUSE mount.
         result = subprocess.run([tool, "-u", "-z", str(mountpoint)], capture_output=True, text=True)
     if result.returncode != 0:
-        fail(result.stderr.strip() or f"{tool} failed", 1)
+        fail(_unmount_failure(mountpoint, result.stderr.strip() or f"{tool} failed"), 1)
     click.echo(f"storagefs: unmounted {mountpoint}")
+
+
+def _unmount_failure(mountpoint: Path, reason: str) -> str:
+    """fusermount's reason, plus who holds the mount when it is busy."""
+    if "busy" not in reason.lower():
+        return reason
+    from storagefs.holders import describe
+
+    return f"{mountpoint} is busy: {describe(mountpoint)}"
 
 
 @main.command()
@@ -279,12 +323,13 @@ def unmount(mountpoint: Path, no_wait: bool, timeout: float) -> None:
 def health(mountpoint: Path | None, as_json: bool, timeout: float) -> None:
     """Show the health of a mount (default: the only storagefs mount).
 
-    Exit code 0 ok, 1 degraded, 2 down or not answering.
+    Exit code 0 ok, 1 degraded, 2 down or not answering (or no storagefs mount at all),
+    64 a usage error (several mounts and none named, a bad flag): not a verdict.
     """
     from storagefs import probe
 
+    target = mountpoint if mountpoint is not None else _only_mount()
     try:
-        target = mountpoint if mountpoint is not None else probe.default_mountpoint()
         files = probe.read_health(target, timeout)
     except probe.ProbeError as exc:
         fail(str(exc), probe.EXIT_UNKNOWN)
@@ -293,6 +338,25 @@ def health(mountpoint: Path | None, as_json: bool, timeout: float) -> None:
     else:
         probe.render(target, files)
     sys.exit(probe.exit_code(files.state))
+
+
+def _only_mount() -> Path:
+    """The one storagefs mount for ``storagefs health`` without an argument. Several: a usage
+    error (64), never "down" (2). None: exit 2, as for a mount that does not answer."""
+    from storagefs import probe
+
+    with open("/proc/self/mounts") as mounts:
+        found = probe.storagefs_mounts(mounts.read())
+    if len(found) > 1:
+        names = ", ".join(str(p) for p in found)
+        fail(
+            f"several storagefs mounts ({names}): name one, e.g. storagefs health {found[0]}",
+            EX_USAGE,
+        )
+    try:
+        return probe.default_mountpoint()
+    except probe.ProbeError as exc:
+        fail(str(exc), probe.EXIT_UNKNOWN)
 
 
 @main.command()
