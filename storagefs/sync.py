@@ -244,12 +244,14 @@ class Syncer:
         doc["pid"] = os.getpid()
         doc["failed_keys"] = doc["failed_keys"][:10]
         f = self.figures
-        if f.behind_objects or f.walking or f.state in (WAITING, PAUSED):
+        # Known to be incomplete: objects found behind, or no pass has ever completed (a
+        # later pass that has found nothing yet does not make a complete secondary doubtful).
+        if f.behind_objects or f.last_complete_at is None:
             doc["reason"] = (
                 "failover is incomplete: the secondary lacks"
                 f" {f.behind_objects} object(s), {f.behind_bytes} bytes"
-                f"{' found so far' if f.walking or f.state == WAITING else ''};"
-                f" reconciliation is {f.state}"
+                f"{' found so far' if f.walking or f.state in (WAITING, PAUSED) else ''}"
+                f" of the primary; reconciliation is {f.state}"
             )
         return doc
 
