@@ -136,7 +136,7 @@ def mount(
     if foreground:
         _run_foreground(settings, target, fuse_opts)
     else:
-        _run_background(target)
+        _run_background(settings, target)
 
 
 def _check_fuse_options(opts: list[str]) -> None:
@@ -163,15 +163,17 @@ def _run_foreground(settings: Settings, mountpoint: Path, fuse_opts: list[str]) 
         pass
 
 
-def _run_background(mountpoint: Path) -> None:
+def _run_background(settings: Settings, mountpoint: Path) -> None:
     """Start a foreground daemon in its own session and wait until the mount is live.
 
     A child process rather than fork(): trio and the SDKs start threads, which fork() does not
     carry over safely. The child's errors are relayed so the user still gets one clear line."""
-    settings = settings_from()
-    logs = settings.cache_dir.expanduser() / "logs"
-    logs.mkdir(parents=True, exist_ok=True, mode=0o700)
-    log_path = logs / (re.sub(r"[^A-Za-z0-9]+", "_", str(mountpoint)).strip("_") + ".log")
+    from storagefs.logs import daemon_log_path
+
+    try:
+        log_path = daemon_log_path(settings.cache_dir, mountpoint)  # --cache-dir included
+    except OSError as exc:
+        fail(f"cannot use cache directory {settings.cache_dir}: {exc.strerror}")
     start = log_path.stat().st_size if log_path.exists() else 0  # this run's lines follow
     args = [sys.executable, "-m", "storagefs", *sys.argv[1:], "--foreground"]
     with open(log_path, "ab") as log_file:

@@ -85,6 +85,7 @@ async def serve(
     stack.health.core = lambda: CoreFigures(
         dirty_files=fs.dirty_files, invalid_keys=bad_keys_seen()
     )
+    fs.journal_room = lambda: chain.journal.max_bytes - int(chain.journal.stats()["pending_bytes"])
     syncer = daemon_syncer(chain, settings, cache)
     if syncer is not None:
         stack.health.sync = syncer.snapshot

@@ -44,6 +44,7 @@ from storagefs.fs.names import (
     dir_prefix,
     parent_and_name,
 )
+from storagefs.fs.space import statvfs
 
 log = logging.getLogger("storagefs.fs")
 
@@ -106,6 +107,7 @@ class Filesystem:
         self.health = HealthTree(health, options.uid, options.gid)
         self._health_files: dict[int, bytes] = {}  # open /.health files: their snapshot
         self._health_dirs: dict[int, list[Node]] = {}
+        self.journal_room: Callable[[], int] | None = None  # bytes the journal can still take
         options.staging_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     # --- lifecycle --------------------------------------------------------------------
@@ -946,21 +948,9 @@ class Filesystem:
     # --- misc -------------------------------------------------------------------------
 
     def statfs(self) -> dict[str, int]:
-        # Object stores have no fixed size; report a large, stable one like s3fs and rclone do,
-        # so tools that check free space before copying do not refuse.
-        block = 4096
-        total = 1 << 50
-        return {
-            "f_bsize": block,
-            "f_frsize": block,
-            "f_blocks": total // block,
-            "f_bfree": total // block,
-            "f_bavail": total // block,
-            "f_files": 1 << 32,
-            "f_ffree": 1 << 32,
-            "f_favail": 1 << 32,
-            "f_namemax": 255,
-        }
+        # Real figures for df (storagefs/fs/space.py); journal_room is set by the daemon.
+        room = self.journal_room() if self.journal_room is not None else None
+        return statvfs((node.attrs for node in self.inodes), room)
 
 
 async def run_all(fn: Callable[[T], Awaitable[None]], items: Iterable[T]) -> None:
