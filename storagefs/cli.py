@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import click
 
@@ -64,8 +64,16 @@ def settings_from(**overrides: object) -> Settings:
 _ARGV = "storagefs.argv"
 
 
+EX_USAGE = 64  # sysexits.h: what `storagefs health` exits with on a usage error
+
+
 class _Commands(click.Group):
-    """The commands, plus the form mount.fuse3 runs: ``storagefs SOURCE MOUNTPOINT -o OPTS``."""
+    """The commands, plus the form mount.fuse3 runs (``storagefs SOURCE MOUNTPOINT -o OPTS``).
+
+    Click's usage errors (a missing argument, a bad flag value) come in the same one-line
+    ``storagefs: error:`` form as every other user error. Exit 2, except for ``health``,
+    whose 2 means "down": there a usage error exits 64 (EX_USAGE) so a probe cannot take a
+    typo for an outage."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         if args and ("://" in args[0] or args[0] == "storagefs") and args[0] not in self.commands:
@@ -77,6 +85,24 @@ class _Commands(click.Group):
                 fail(str(exc))
             ctx.meta[_ARGV] = args  # what a background mount passes on to its daemon
         return super().parse_args(ctx, args)
+
+    def main(self, *args: Any, **kwargs: Any) -> NoReturn:
+        kwargs["standalone_mode"] = False
+        try:
+            code = super().main(*args, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as exc:  # plain `storagefs`: the help
+            click.echo(exc.format_message(), err=True)
+            sys.exit(2)
+        except click.UsageError as exc:
+            path = exc.ctx.command_path if exc.ctx is not None else "storagefs"
+            usage = EX_USAGE if exc.ctx is not None and exc.ctx.info_name == "health" else 2
+            fail(f"{exc.format_message()} (see {path} --help)", usage)
+        except click.ClickException as exc:
+            fail(exc.format_message(), exc.exit_code)
+        except click.Abort:
+            click.echo("storagefs: interrupted", err=True)
+            sys.exit(130)
+        sys.exit(code if isinstance(code, int) else 0)
 
 
 @click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
@@ -173,9 +199,13 @@ def _run_background(settings: Settings, mountpoint: Path) -> None:
 
     A child process rather than fork(): trio and the SDKs start threads, which fork() does not
     carry over safely. The child's errors are relayed so the user still gets one clear line."""
-    logs = settings.cache_dir.expanduser() / "logs"
-    logs.mkdir(parents=True, exist_ok=True, mode=0o700)
-    log_path = logs / (re.sub(r"[^A-Za-z0-9]+", "_", str(mountpoint)).strip("_") + ".log")
+    from storagefs.logs import daemon_log_path
+
+    try:
+        log_path = daemon_log_path(settings.cache_dir, mountpoint)  # --cache-dir included
+    except OSError as exc:
+        fail(f"cannot use cache directory {settings.cache_dir}: {exc.strerror}")
+    start = log_path.stat().st_size if log_path.exists() else 0  # this run's lines follow
     given = click.get_current_context().meta.get(_ARGV, sys.argv[1:])
     args = [sys.executable, "-m", "storagefs", *given, "--foreground"]
     with open(log_path, "ab") as log_file:
@@ -193,20 +223,26 @@ def _run_background(settings: Settings, mountpoint: Path) -> None:
             return
         code = child.poll()
         if code is not None:
-            fail(_last_error(log_path) or f"the daemon exited with code {code}", code or 1)
+            fail(_last_error(log_path, start) or f"the daemon exited with code {code}", code or 1)
         time.sleep(0.05)
     child.terminate()
     fail(f"the mount did not appear within {MOUNT_WAIT_SECONDS:.0f} s; see {log_path}")
 
 
-def _last_error(log_path: Path) -> str | None:
+def _last_error(log_path: Path, start: int = 0) -> str | None:
+    """The daemon's error line from this run of the log, with libfuse's own reason when it
+    printed one (libfuse writes "fuse: ..." to stderr, e.g. for an unknown mount option)."""
     try:
-        lines = log_path.read_text(errors="replace").splitlines()
+        with open(log_path, "rb") as log_file:
+            log_file.seek(start)
+            lines = log_file.read().decode(errors="replace").splitlines()
     except OSError:
         return None
+    fuse_said = [line for line in lines if line.startswith("fuse: ")]
     for line in reversed(lines[-50:]):
         if line.startswith("storagefs: error: "):
-            return line[len("storagefs: error: ") :]
+            error = line[len("storagefs: error: ") :]
+            return f"{error} ({fuse_said[-1]})" if fuse_said else error
     return None
 
 
@@ -295,8 +331,17 @@ def unmount(mountpoint: Path, no_wait: bool, timeout: float) -> None:
         # The daemon died: only a lazy unmount removes a dead FUSE mount.
         result = subprocess.run([tool, "-u", "-z", str(mountpoint)], capture_output=True, text=True)
     if result.returncode != 0:
-        fail(result.stderr.strip() or f"{tool} failed", 1)
+        fail(_unmount_failure(mountpoint, result.stderr.strip() or f"{tool} failed"), 1)
     click.echo(f"storagefs: unmounted {mountpoint}")
+
+
+def _unmount_failure(mountpoint: Path, reason: str) -> str:
+    """fusermount's reason, plus who holds the mount when it is busy."""
+    if "busy" not in reason.lower():
+        return reason
+    from storagefs.holders import describe
+
+    return f"{mountpoint} is busy: {describe(mountpoint)}"
 
 
 @main.command()
@@ -315,12 +360,14 @@ def unmount(mountpoint: Path, no_wait: bool, timeout: float) -> None:
 def health(mountpoint: Path | None, as_json: bool, timeout: float, degraded_ok: bool) -> None:
     """Show the health of a mount (default: the only storagefs mount).
 
-    Exit code 0 ok, 1 degraded (0 with --degraded-ok), 2 down or not answering.
+    Exit code 0 ok, 1 degraded (0 with --degraded-ok), 2 down or not answering (or no
+    storagefs mount at all), 64 a usage error (several mounts and none named, a bad flag):
+    not a verdict.
     """
     from storagefs import probe
 
+    target = mountpoint if mountpoint is not None else _only_mount()
     try:
-        target = mountpoint if mountpoint is not None else probe.default_mountpoint()
         files = probe.read_health(target, timeout)
     except probe.ProbeError as exc:
         fail(str(exc), probe.EXIT_UNKNOWN)
@@ -352,6 +399,25 @@ def list_mounts(as_json: bool, timeout: float) -> None:
         click.echo("storagefs: no storagefs mounts", err=True)
     for summary in summaries if not as_json else ():
         click.echo(mount_list.line(summary))
+
+
+def _only_mount() -> Path:
+    """The one storagefs mount for ``storagefs health`` without an argument. Several: a usage
+    error (64), never "down" (2). None: exit 2, as for a mount that does not answer."""
+    from storagefs import probe
+
+    with open("/proc/self/mounts") as mounts:
+        found = probe.storagefs_mounts(mounts.read())
+    if len(found) > 1:
+        names = ", ".join(str(p) for p in found)
+        fail(
+            f"several storagefs mounts ({names}): name one, e.g. storagefs health {found[0]}",
+            EX_USAGE,
+        )
+    try:
+        return probe.default_mountpoint()
+    except probe.ProbeError as exc:
+        fail(str(exc), probe.EXIT_UNKNOWN)
 
 
 @main.command()
@@ -386,6 +452,36 @@ def download(
             settings, prefix, dest, jobs=jobs, resume=not no_resume, as_json=as_json
         )
     except bulk.DownloadError as exc:
+        fail(str(exc))
+    sys.exit(code)
+
+
+@main.command()
+@click.argument("mountpoint", required=False, type=click.Path(path_type=Path))
+@click.option("--primary", help="Primary backend URL (without MOUNTPOINT).")
+@click.option("--secondary", help="Secondary backend URL (without MOUNTPOINT).")
+@click.option("--dry-run", is_flag=True, help="Only compare: say what would be copied.")
+def sync(
+    mountpoint: Path | None, primary: str | None, secondary: str | None, dry_run: bool
+) -> None:
+    """Copy to the secondary what it lacks of the primary (reconciliation).
+
+    With MOUNTPOINT, the mount's daemon runs a pass now and this follows its progress; with
+    --primary/--secondary (or their STORAGEFS_* variables) a pass runs here, with no mount.
+    Exit code 0 the secondary holds everything, 1 objects left behind, 2 bad input."""
+    from storagefs import sync_cli
+
+    try:
+        if mountpoint is not None:
+            if primary or secondary:
+                fail("give either MOUNTPOINT or --primary/--secondary, not both")
+            if not is_mounted(mountpoint):
+                fail(f"{mountpoint} is not mounted")
+            code = sync_cli.follow_mount(mountpoint, dry_run)
+        else:
+            settings = settings_from(primary=primary, secondary=secondary)
+            code = sync_cli.run_standalone(settings, dry_run)
+    except sync_cli.SyncError as exc:
         fail(str(exc))
     sys.exit(code)
 

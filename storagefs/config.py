@@ -6,6 +6,9 @@ the variable (see :func:`load_settings`), never a traceback.
 
 from __future__ import annotations
 
+import difflib
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -16,6 +19,17 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 class ConfigError(Exception):
     """A configuration problem, phrased for the user (one line)."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field  # the setting at fault, when there is one
+
+
+PREFIX = "STORAGEFS_"
+# STORAGEFS_* variables that are not settings: read by scripts/emulators, the test suite and
+# scripts/bench, never by the daemon. Anything else with the prefix must be a setting.
+NOT_SETTINGS = ("STORAGEFS_EMULATOR_", "STORAGEFS_BENCH_", "STORAGEFS_TEST_")
+NOT_SETTINGS_NAMES = frozenset({"STORAGEFS_FAULT_FILES", "STORAGEFS_SYNC_OBJECTS"})
 
 
 def default_cache_dir() -> Path:
@@ -234,8 +248,24 @@ class Settings(BaseSettings):
         return self.primary or f"file://{default_data_dir()}"
 
 
+def check_variables(environ: Mapping[str, str]) -> None:
+    """ConfigError for a ``STORAGEFS_*`` variable that is no setting (a typo would otherwise
+    be ignored silently), naming the closest valid one."""
+    valid = sorted(PREFIX + name.upper() for name in Settings.model_fields)
+    for var in sorted(environ):
+        name = var.upper()
+        if not name.startswith(PREFIX) or name in valid or name in NOT_SETTINGS_NAMES:
+            continue
+        if name.startswith(NOT_SETTINGS):
+            continue
+        close = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]}?" if close else "the settings are listed in README.md"
+        raise ConfigError(f"unknown variable {var}: {hint}", field=var)
+
+
 def load_settings(**overrides: object) -> Settings:
     """Settings from the environment plus explicit overrides (CLI flags); ConfigError if bad."""
+    check_variables(os.environ)
     clean = {k: v for k, v in overrides.items() if v is not None}
     try:
         return Settings(**clean)  # type: ignore[arg-type]
@@ -243,4 +273,9 @@ def load_settings(**overrides: object) -> Settings:
         err = exc.errors()[0]
         field = str(err["loc"][0]) if err["loc"] else "?"
         shown = "<redacted>" if field in SECRET_FIELDS else repr(err.get("input"))
-        raise ConfigError(f"invalid STORAGEFS_{field.upper()}={shown}: {err['msg']}") from None
+        if field in clean:  # given as a command-line flag: name the flag
+            flag = "--" + field.replace("_", "-")
+            raise ConfigError(f"invalid {flag} {shown}: {err['msg']}", field=field) from None
+        raise ConfigError(
+            f"invalid STORAGEFS_{field.upper()}={shown}: {err['msg']}", field=field
+        ) from None

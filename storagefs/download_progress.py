@@ -129,7 +129,10 @@ class PlainProgress(SilentProgress):
 class RichProgress:
     """One bar for the bytes, with files done/total, rate and time left, on a terminal."""
 
-    def __init__(self, console: Console | None = None, err: Console | None = None) -> None:
+    def __init__(
+        self, console: Console | None = None, err: Console | None = None, label: str = "download"
+    ) -> None:
+        self._label = label
         self._err = err or Console(stderr=True)
         self._progress = Progress(
             TextColumn("[bold]{task.description}"),
@@ -154,7 +157,7 @@ class RichProgress:
         self._files, self._done_files = files, done_files
         # Created with what is already complete, so the rate covers this run's transfers only.
         self._task = self._progress.add_task(
-            "download",
+            self._label,
             total=total_bytes,
             completed=done_bytes,
             files=self._files_text(),
@@ -176,12 +179,14 @@ class RichProgress:
         self._progress.stop()
 
 
-def progress_for(as_json: bool, stream: TextIO | None = None) -> DownloadProgress:
+def progress_for(
+    as_json: bool, stream: TextIO | None = None, label: str = "download"
+) -> DownloadProgress:
     """The display for this process: none for ``--json`` (stdout carries the JSON), rich on a
     terminal, plain lines otherwise."""
     out = stream if stream is not None else sys.stdout
     if as_json:
         return SilentProgress()
     if out.isatty():
-        return RichProgress(Console(file=out))
+        return RichProgress(Console(file=out), label=label)
     return PlainProgress(out)

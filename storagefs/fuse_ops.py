@@ -17,7 +17,8 @@ from typing import Any, ParamSpec, TypeVar
 import pyfuse3
 
 from storagefs.fs.core import Filesystem
-from storagefs.fs.errors import FSError
+from storagefs.fs.errors import FSError, errno_for
+from storagefs.fs.health_dir import HealthTree
 from storagefs.fs.inodes import Node
 from storagefs.fs.names import decode_name, encode_name
 from storagefs.logs import correlation
@@ -62,6 +63,7 @@ class StorageOperations(pyfuse3.Operations):
         super().__init__()
         self.fs = fs
         self.timeout = timeout
+        self._dir_inodes: dict[int, int] = {}  # directory handle -> its inode (for ".")
         self.on_unexpected = on_unexpected  # telemetry: unexpected errors are noticed
 
     def _entry(self, node: Node) -> pyfuse3.EntryAttributes:
@@ -227,19 +229,33 @@ class StorageOperations(pyfuse3.Operations):
 
     @_guarded
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
-        return await self.fs.opendir(inode)
+        fh = await self.fs.opendir(inode)
+        self._dir_inodes[fh] = inode
+        return fh
 
     @_guarded
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        for entry in self.fs.readdir(fh, start_id):
+        # The kernel does not make up "." and ".." for FUSE (ls -a would lack them): offsets
+        # 0 and 1 are theirs, the core's entries follow. The kernel keeps no reference for
+        # them (readdirplus skips both), so they take no lookup.
+        if start_id < 2:
+            ino = self._dir_inodes[fh]
+            # A /.health directory's attributes are local; any other's, the inode table's
+            # (fs.getattr could ask the store: not worth a request for ".").
+            here = await self.fs.getattr(ino) if HealthTree.owns(ino) else self.fs.inodes.get(ino)
+        for dot in range(start_id, 2):
+            if not pyfuse3.readdir_reply(token, b"." * (dot + 1), self._entry(here), dot + 1):
+                return
+        for entry in self.fs.readdir(fh, max(start_id - 2, 0)):
             if not pyfuse3.readdir_reply(
-                token, encode_name(entry.name), self._entry(entry.node), entry.next_id
+                token, encode_name(entry.name), self._entry(entry.node), entry.next_id + 2
             ):
                 break
             self.fs.add_lookup(entry.node)  # readdirplus gives the kernel a reference
 
     @_guarded
     async def releasedir(self, fh: int) -> None:
+        self._dir_inodes.pop(fh, None)
         self.fs.releasedir(fh)
 
     @_guarded

@@ -16,9 +16,11 @@ import contextvars
 import itertools
 import json
 import logging
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from storagefs.redact import redact
@@ -152,3 +154,12 @@ def setup_logging(level: str, fmt: str) -> None:
     root.setLevel(level)
     for quiet in QUIET_LOGGERS:
         logging.getLogger(quiet).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+
+
+def daemon_log_path(cache_dir: Path, mountpoint: Path) -> Path:
+    """Where a background daemon's output goes: ``<cache dir>/logs/<mountpoint>.log``, so
+    ``--cache-dir`` (or STORAGEFS_CACHE_DIR) moves the log with everything else. The
+    directory is created private to the user (logs name files)."""
+    logs = cache_dir.expanduser() / "logs"
+    logs.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return logs / (re.sub(r"[^A-Za-z0-9]+", "_", str(mountpoint)).strip("_") + ".log")

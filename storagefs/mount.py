@@ -102,6 +102,7 @@ async def serve(
         failed_uploads=fs.failed_files,
         abandoned_uploads=fs.abandoned_uploads,
     )
+    fs.journal_room = lambda: chain.journal.max_bytes - int(chain.journal.stats()["pending_bytes"])
     syncer = daemon_syncer(chain, settings, cache)
     if syncer is not None:
         stack.health.sync = syncer.snapshot

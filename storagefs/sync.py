@@ -194,6 +194,7 @@ class Syncer:
         self.interval = interval
         self.retry_delay = retry_delay
         self.figures = Figures()
+        self.plan: list[ObjectInfo] = []  # what a dry run would have copied
         self._state = _State(directory, f"{primary.describe()} -> {secondary.describe()}")
         self.figures.last_complete_at = self._state.last_complete_at
         self._inflight: set[str] = set()
@@ -243,12 +244,14 @@ class Syncer:
         doc["pid"] = os.getpid()
         doc["failed_keys"] = doc["failed_keys"][:10]
         f = self.figures
-        if f.behind_objects or f.walking or f.state in (WAITING, PAUSED):
+        # Known to be incomplete: objects found behind, or no pass has ever completed (a
+        # later pass that has found nothing yet does not make a complete secondary doubtful).
+        if f.behind_objects or f.last_complete_at is None:
             doc["reason"] = (
                 "failover is incomplete: the secondary lacks"
                 f" {f.behind_objects} object(s), {f.behind_bytes} bytes"
-                f"{' found so far' if f.walking or f.state == WAITING else ''};"
-                f" reconciliation is {f.state}"
+                f"{' found so far' if f.walking or f.state in (WAITING, PAUSED) else ''}"
+                f" of the primary; reconciliation is {f.state}"
             )
         return doc
 
@@ -270,11 +273,12 @@ class Syncer:
             log.info("reconciliation resumes after %r", state.cursor)
         work = await self._walk(state.cursor, progress)
         f.walking = False
-        if progress is not None:
-            progress.planned(len(work), f.behind_bytes, 0, 0)
         if dry_run:
+            self.plan = work
             f.state = COMPLETE if not work else INCOMPLETE
             return f
+        if progress is not None:
+            progress.planned(len(work), f.behind_bytes, 0, 0)
         for start in range(0, len(work), self.workers):
             batch = work[start : start + self.workers]
             await _together([functools.partial(self._copy_one, i, progress) for i in batch])

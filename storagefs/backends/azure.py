@@ -27,7 +27,7 @@ from azure.core.exceptions import (
     ServiceResponseError,
 )
 from azure.core.pipeline.transport import RequestsTransport
-from azure.storage.blob import BlobClient, BlobPrefix, BlobProperties
+from azure.storage.blob import BlobClient, BlobPrefix, BlobProperties, ContentSettings
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
@@ -42,6 +42,7 @@ from storagefs.backends.base import (
     ObjectInfo,
     PermissionDenied,
     TransientError,
+    content_type,
 )
 from storagefs.backends.key_order import KeyOrder
 from storagefs.config import Settings
@@ -424,7 +425,12 @@ class AzureBackend:
                 size = os.fstat(f.fileno()).st_size
                 # Above max_single_put_size the SDK stages blocks in parallel and commits.
                 response = self._blob(key).upload_blob(
-                    f, length=size, overwrite=True, metadata=stored, max_concurrency=concurrency
+                    f,
+                    length=size,
+                    overwrite=True,
+                    metadata=stored,
+                    max_concurrency=concurrency,
+                    content_settings=ContentSettings(content_type=content_type(key)),
                 )
             return size, response
 
@@ -437,7 +443,11 @@ class AzureBackend:
 
         def upload() -> dict[str, Any]:
             return self._blob(key).upload_blob(
-                payload, length=len(payload), overwrite=True, metadata=stored
+                payload,
+                length=len(payload),
+                overwrite=True,
+                metadata=stored,
+                content_settings=ContentSettings(content_type=content_type(key)),
             )
 
         response = await self._run("write", key, upload, changes=key)

@@ -21,6 +21,7 @@ Conventions every backend follows (the contract suite in ``tests/backends`` hold
 from __future__ import annotations
 
 import dataclasses
+import mimetypes
 from collections.abc import Mapping
 from typing import Protocol, runtime_checkable
 
@@ -146,6 +147,26 @@ class Backend(Protocol):
     async def health(self) -> None:
         """A cheap request proving the store answers; raises a classified error if not."""
         ...
+
+
+def content_type(key: str) -> str:
+    """The Content-Type an upload of ``key`` is given, guessed from its name (a browser or a
+    CDN serving the bucket shows ``report.pdf`` as a PDF). Compressed files keep their
+    compression's type: ``a.tar.gz`` is ``application/gzip``, not a tar stored without its
+    Content-Encoding."""
+    if key.endswith("/"):
+        return "application/x-directory"
+    guessed, encoding = mimetypes.guess_type(key, strict=False)
+    if encoding is not None:
+        return _ENCODING_TYPES.get(encoding, "application/octet-stream")
+    return guessed or "application/octet-stream"
+
+
+_ENCODING_TYPES = {
+    "gzip": "application/gzip",
+    "bzip2": "application/x-bzip2",
+    "xz": "application/x-xz",
+}
 
 
 async def peek(backend: Backend, key: str, length: int) -> tuple[ObjectInfo, bytes]:

@@ -39,6 +39,7 @@ from storagefs.backends.base import (
     ObjectInfo,
     PermissionDenied,
     TransientError,
+    content_type,
 )
 from storagefs.backends.key_order import KeyOrder
 from storagefs.config import Settings
@@ -381,7 +382,11 @@ class S3Backend:
                 with open(source, "rb") as body:
                     return dict(
                         self._client.put_object(
-                            Bucket=self.bucket, Key=full, Body=body, Metadata=dict(metadata)
+                            Bucket=self.bucket,
+                            Key=full,
+                            Body=body,
+                            Metadata=dict(metadata),
+                            ContentType=content_type(key),
                         )
                     )
 
@@ -395,7 +400,7 @@ class S3Backend:
                 source,
                 self.bucket,
                 full,
-                ExtraArgs={"Metadata": dict(metadata)},
+                ExtraArgs={"Metadata": dict(metadata), "ContentType": content_type(key)},
                 Config=self._transfer,
             ),
             changes=full,
@@ -409,7 +414,11 @@ class S3Backend:
             "write",
             key,
             lambda: self._client.put_object(
-                Bucket=self.bucket, Key=full, Body=data, Metadata=dict(metadata)
+                Bucket=self.bucket,
+                Key=full,
+                Body=data,
+                Metadata=dict(metadata),
+                ContentType=content_type(key),
             ),
             changes=full,
         )
@@ -435,8 +444,9 @@ class S3Backend:
                     "CopySource": {"Bucket": self.bucket, "Key": src_full},
                     "MetadataDirective": directive,
                 }
-                if metadata is not None:
+                if metadata is not None:  # REPLACE: the type is the new name's
                     args["Metadata"] = meta
+                    args["ContentType"] = content_type(dst)
                 if if_match:
                     args["CopySourceIfMatch"] = if_match
                 return dict(self._client.copy_object(**args))
@@ -454,6 +464,7 @@ class S3Backend:
         extra: dict[str, Any] = {"MetadataDirective": directive}
         if metadata is not None:
             extra["Metadata"] = meta
+            extra["ContentType"] = content_type(dst)
         if if_match:
             extra["CopySourceIfMatch"] = if_match
         await self._call(

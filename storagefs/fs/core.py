@@ -48,6 +48,7 @@ from storagefs.fs.names import (
     parent_and_name,
 )
 from storagefs.fs.streaming import PartStream
+from storagefs.fs.space import statvfs
 
 log = logging.getLogger("storagefs.fs")
 
@@ -188,6 +189,7 @@ class Filesystem:
         self._dir_times: collections.OrderedDict[str, tuple[int, int]] = (
             collections.OrderedDict()
         )
+        self.journal_room: Callable[[], int] | None = None  # bytes the journal can still take
         options.staging_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     # --- lifecycle --------------------------------------------------------------------
@@ -1300,21 +1302,9 @@ class Filesystem:
     # --- misc -------------------------------------------------------------------------
 
     def statfs(self) -> dict[str, int]:
-        # Object stores have no fixed size; report a large, stable one like s3fs and rclone do,
-        # so tools that check free space before copying do not refuse.
-        block = 4096
-        total = 1 << 50
-        return {
-            "f_bsize": block,
-            "f_frsize": block,
-            "f_blocks": total // block,
-            "f_bfree": total // block,
-            "f_bavail": total // block,
-            "f_files": 1 << 32,
-            "f_ffree": 1 << 32,
-            "f_favail": 1 << 32,
-            "f_namemax": 255,
-        }
+        # Real figures for df (storagefs/fs/space.py); journal_room is set by the daemon.
+        room = self.journal_room() if self.journal_room is not None else None
+        return statvfs((node.attrs for node in self.inodes), room)
 
 
 async def run_all(fn: Callable[[T], Awaitable[None]], items: Iterable[T]) -> None:

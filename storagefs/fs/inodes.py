@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import errno
+from collections.abc import Iterator
 
 from storagefs.fs.attrs import Attrs
 from storagefs.fs.errors import FSError
@@ -51,6 +52,9 @@ class InodeTable:
 
     def __len__(self) -> int:
         return len(self._nodes)
+
+    def __iter__(self) -> Iterator[Node]:
+        return iter(list(self._nodes.values()))
 
     def get(self, ino: int) -> Node:
         try:
