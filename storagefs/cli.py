@@ -7,7 +7,6 @@ ends in one line on stderr starting with ``storagefs: error:`` and exit code 2.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import sys

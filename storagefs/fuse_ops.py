@@ -17,7 +17,7 @@ from typing import Any, ParamSpec, TypeVar
 import pyfuse3
 
 from storagefs.fs.core import Filesystem
-from storagefs.fs.errors import FSError, errno_for
+from storagefs.fs.errors import FSError
 from storagefs.fs.health_dir import HealthTree
 from storagefs.fs.inodes import Node
 from storagefs.fs.names import decode_name, encode_name

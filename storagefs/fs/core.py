@@ -47,8 +47,8 @@ from storagefs.fs.names import (
     dir_prefix,
     parent_and_name,
 )
-from storagefs.fs.streaming import PartStream
 from storagefs.fs.space import statvfs
+from storagefs.fs.streaming import PartStream
 
 log = logging.getLogger("storagefs.fs")
 
