@@ -1,4 +1,5 @@
-"""The thin pyfuse3 adapter: unpack arguments, call the core, turn its errors into errnos.
+"""The thin pyfuse3 adapter: unpack arguments, call the core (through the router that answers
+``/.health``, fs/health_router.py), turn its errors into errnos.
 
 Only FUSEError may leave a pyfuse3 handler — anything else ends the main loop and the mount
 dies with it — so every handler goes through ``_guarded``: the core raises one error type
@@ -16,8 +17,8 @@ from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
 
-from storagefs.fs.core import Filesystem
 from storagefs.fs.errors import FSError
+from storagefs.fs.health_router import HealthRouter
 from storagefs.fs.inodes import Node
 from storagefs.fs.names import decode_name, encode_name
 from storagefs.logs import correlation
@@ -55,7 +56,7 @@ class StorageOperations(pyfuse3.Operations):
 
     def __init__(
         self,
-        fs: Filesystem,
+        fs: HealthRouter,
         timeout: float,
         on_unexpected: Callable[[BaseException], None] = lambda exc: None,
     ) -> None:
