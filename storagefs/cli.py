@@ -6,7 +6,6 @@ ends in one line on stderr starting with ``storagefs: error:`` and exit code 2.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -19,6 +18,7 @@ import click
 
 from storagefs.backends.base import BackendError
 from storagefs.config import ConfigError, Settings, load_settings
+from storagefs.mounts_table import is_mounted
 
 EXIT_USAGE = 2
 MOUNT_WAIT_SECONDS = 30.0
@@ -27,18 +27,6 @@ MOUNT_WAIT_SECONDS = 30.0
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     click.echo(f"storagefs: error: {message}", err=True)
     sys.exit(code)
-
-
-def is_mounted(path: Path) -> bool:
-    """True for a live or a dead (``Transport endpoint is not connected``) mount."""
-    target = os.path.realpath(path)
-    with open("/proc/self/mounts") as mounts:
-        for line in mounts:
-            fields = line.split()
-            mnt = fields[1].replace("\\040", " ")
-            if mnt == target:
-                return True
-    return False
 
 
 def check_mountpoint(path: Path) -> Path:
