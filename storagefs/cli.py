@@ -16,15 +16,15 @@ from typing import NoReturn
 
 import click
 
+from storagefs import exit_codes
 from storagefs.backends.base import BackendError
 from storagefs.config import ConfigError, Settings, load_settings
 from storagefs.mounts_table import is_mounted
 
-EXIT_USAGE = 2
 MOUNT_WAIT_SECONDS = 30.0
 
 
-def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
+def fail(message: str, code: int = exit_codes.USAGE) -> NoReturn:
     click.echo(f"storagefs: error: {message}", err=True)
     sys.exit(code)
 
@@ -222,7 +222,7 @@ def flush(mountpoint: Path, timeout: float | None) -> None:
         click.echo("storagefs: journal drained")
         return
     click.echo("storagefs: timed out; changes are still pending (they stay journaled)", err=True)
-    sys.exit(1)
+    sys.exit(exit_codes.PARTIAL)
 
 
 @main.command()
@@ -292,13 +292,13 @@ def health(mountpoint: Path | None, as_json: bool, timeout: float, degraded_ok: 
         target = mountpoint if mountpoint is not None else probe.default_mountpoint()
         files = probe.read_health(target, timeout)
     except probe.ProbeError as exc:
-        fail(str(exc), probe.EXIT_UNKNOWN)
+        fail(str(exc), exit_codes.HEALTH_UNKNOWN)
     if as_json:
         click.echo(probe.as_json(files), nl=False)
     else:
         probe.render(target, files)
     code = probe.exit_code(files.state)
-    sys.exit(0 if degraded_ok and code == probe.EXIT_CODES["degraded"] else code)
+    sys.exit(exit_codes.OK if degraded_ok and code == exit_codes.DEGRADED else code)
 
 
 @main.command("list")

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
+from storagefs import exit_codes
 from storagefs.backends.base import (
     BackendError,
     ListPage,
@@ -70,7 +71,6 @@ DEFAULT_JOBS = 8
 LIST_PAGE = 1000
 NAME_MAX = 255  # bytes in one path component on Linux filesystems
 SHOWN_MAX = 50  # keys listed one by one in the human summary; --json lists them all
-EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 
 
 class ObjectSource(Protocol):
@@ -199,8 +199,8 @@ class DownloadSummary:
 
     def exit_code(self) -> int:
         if self.interrupted:
-            return EXIT_INTERRUPTED
-        return EXIT_FAILED if self.failed else EXIT_OK
+            return exit_codes.INTERRUPTED
+        return exit_codes.PARTIAL if self.failed else exit_codes.OK
 
     def as_json(self) -> dict[str, Any]:
         body = dataclasses.asdict(self)
@@ -610,7 +610,7 @@ def run_cli(
         if not _interrupt_only(exc):
             raise
         print("storagefs: interrupted; run the same command again to resume", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return exit_codes.INTERRUPTED
     finally:
         progress.close()
     if as_json:

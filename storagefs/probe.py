@@ -17,12 +17,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from storagefs import mounts_table
+from storagefs import exit_codes, mounts_table
 from storagefs.mounts_table import MOUNTS_FILE
 
 HEALTH_DIR = ".health"
-EXIT_CODES = {"ok": 0, "degraded": 1, "down": 2}
-EXIT_UNKNOWN = 2  # no answer, or an answer we cannot read: as bad as down for a probe
 
 # Run with ``python -I -S``: no site packages, so it starts in a few milliseconds.
 _READER = r"""
@@ -71,7 +69,7 @@ class HealthFiles:
 
 
 def exit_code(state: str) -> int:
-    return EXIT_CODES.get(state, EXIT_UNKNOWN)
+    return exit_codes.HEALTH.get(state, exit_codes.HEALTH_UNKNOWN)
 
 
 def default_mountpoint(mounts_file: str = MOUNTS_FILE) -> Path:
