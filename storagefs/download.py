@@ -59,6 +59,7 @@ from storagefs.download_state import (
 )
 from storagefs.fs.attrs import stored_mode, stored_mtime_ns
 from storagefs.metric_names import TASK_BULK_DOWNLOAD
+from storagefs.posix_names import component_problem
 from storagefs.redact import redact
 
 if TYPE_CHECKING:
@@ -69,7 +70,6 @@ log = logging.getLogger("storagefs.download")
 
 DEFAULT_JOBS = 8
 LIST_PAGE = 1000
-NAME_MAX = 255  # bytes in one path component on Linux filesystems
 SHOWN_MAX = 50  # keys listed one by one in the human summary; --json lists them all
 
 
@@ -119,12 +119,9 @@ class Plan:
 def _path_problem(rel: str, is_dir: bool) -> str | None:
     parts = rel.split("/")
     for part in parts:
-        if part in ("", ".", ".."):
-            return "empty, '.' or '..' path component"
-        if "\0" in part:
-            return "NUL in the name"
-        if len(part.encode()) > NAME_MAX:
-            return f"a path component longer than {NAME_MAX} bytes"
+        problem = component_problem(part)
+        if problem is not None:
+            return problem
     # The state files live at the top only; parts sit beside any file.
     if is_reserved_name(parts[0]) or (not is_dir and is_part_name(parts[-1])):
         return "a name storagefs download keeps for itself"
