@@ -24,6 +24,14 @@ def provider() -> dict[str, bytes]:
     return {"status.json": b'{"state": "ok"}\n'}
 
 
+def make_router(
+    backend: MemoryBackend, tmp_path: Path, nursery: trio.Nursery, **options: object
+) -> HealthRouter:
+    core = make_fs(backend, tmp_path, **options)
+    core.attach(nursery)
+    return HealthRouter(core, provider)
+
+
 async def errno_of(call: Awaitable[Any]) -> int:
     with pytest.raises(FSError) as e:
         await call
@@ -33,9 +41,7 @@ async def errno_of(call: Awaitable[Any]) -> int:
 async def test_root_name_is_reserved_for_every_change(
     backend: MemoryBackend, tmp_path: Path, nursery: trio.Nursery
 ) -> None:
-    core = make_fs(backend, tmp_path)
-    core.attach(nursery)
-    fs = HealthRouter(core, provider)
+    fs = make_router(backend, tmp_path, nursery)
     await write_file(fs, "f", b"x")  # type: ignore[arg-type]
     f = await fs.lookup(ROOT_INODE, "f")
     answers = {
@@ -68,9 +74,7 @@ async def test_root_name_is_reserved_for_every_change(
 async def test_read_only_mount_answers_erofs_for_the_name(
     backend: MemoryBackend, tmp_path: Path, nursery: trio.Nursery
 ) -> None:
-    core = make_fs(backend, tmp_path, read_only=True)
-    core.attach(nursery)
-    fs = HealthRouter(core, provider)
+    fs = make_router(backend, tmp_path, nursery, read_only=True)
     assert await errno_of(fs.unlink(ROOT_INODE, ".health")) == errno.EROFS
     assert await errno_of(fs.mkdir(ROOT_INODE, ".health", 0o755, 0, 0)) == errno.EROFS
     assert await errno_of(fs.rmdir(ROOT_INODE, ".health")) == errno.EACCES
@@ -79,9 +83,7 @@ async def test_read_only_mount_answers_erofs_for_the_name(
 async def test_handles_and_inodes_stay_in_their_ranges(
     backend: MemoryBackend, tmp_path: Path, nursery: trio.Nursery
 ) -> None:
-    core = make_fs(backend, tmp_path)
-    core.attach(nursery)
-    fs = HealthRouter(core, provider)
+    fs = make_router(backend, tmp_path, nursery)
     await write_file(fs, "f", b"core")  # type: ignore[arg-type]
     health = await fs.lookup(ROOT_INODE, ".health")
     status = await fs.lookup(health.ino, "status.json")
