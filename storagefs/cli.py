@@ -6,7 +6,6 @@ ends in one line on stderr starting with ``storagefs: error:`` and exit code 2.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -16,28 +15,17 @@ from typing import Any, NoReturn
 
 import click
 
+from storagefs import exit_codes
 from storagefs.backends.base import BackendError
 from storagefs.config import ConfigError, Settings, load_settings
+from storagefs.mounts_table import is_mounted
 
-EXIT_USAGE = 2
 MOUNT_WAIT_SECONDS = 30.0
 
 
-def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
+def fail(message: str, code: int = exit_codes.USAGE) -> NoReturn:
     click.echo(f"storagefs: error: {message}", err=True)
     sys.exit(code)
-
-
-def is_mounted(path: Path) -> bool:
-    """True for a live or a dead (``Transport endpoint is not connected``) mount."""
-    target = os.path.realpath(path)
-    with open("/proc/self/mounts") as mounts:
-        for line in mounts:
-            fields = line.split()
-            mnt = fields[1].replace("\\040", " ")
-            if mnt == target:
-                return True
-    return False
 
 
 def check_mountpoint(path: Path) -> Path:
@@ -63,7 +51,6 @@ def settings_from(**overrides: object) -> Settings:
 _ARGV = "storagefs.argv"
 
 
-EX_USAGE = 64  # sysexits.h: what `storagefs health` exits with on a usage error
 
 
 class _Commands(click.Group):
@@ -71,8 +58,8 @@ class _Commands(click.Group):
 
     Click's usage errors (a missing argument, a bad flag value) come in the same one-line
     ``storagefs: error:`` form as every other user error. Exit 2, except for ``health``,
-    whose 2 means "down": there a usage error exits 64 (EX_USAGE) so a probe cannot take a
-    typo for an outage."""
+    whose 2 means "down": there a usage error exits 64 (``exit_codes.HEALTH_USAGE``) so a
+    probe cannot take a typo for an outage."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         if args and ("://" in args[0] or args[0] == "storagefs") and args[0] not in self.commands:
@@ -94,7 +81,8 @@ class _Commands(click.Group):
             sys.exit(2)
         except click.UsageError as exc:
             path = exc.ctx.command_path if exc.ctx is not None else "storagefs"
-            usage = EX_USAGE if exc.ctx is not None and exc.ctx.info_name == "health" else 2
+            in_health = exc.ctx is not None and exc.ctx.info_name == "health"
+            usage = exit_codes.HEALTH_USAGE if in_health else exit_codes.USAGE
             fail(f"{exc.format_message()} (see {path} --help)", usage)
         except click.ClickException as exc:
             fail(exc.format_message(), exc.exit_code)
@@ -288,7 +276,7 @@ def flush(mountpoint: Path, timeout: float | None) -> None:
         click.echo("storagefs: journal drained")
         return
     click.echo("storagefs: timed out; changes are still pending (they stay journaled)", err=True)
-    sys.exit(1)
+    sys.exit(exit_codes.PARTIAL)
 
 
 @main.command()
@@ -369,13 +357,13 @@ def health(mountpoint: Path | None, as_json: bool, timeout: float, degraded_ok: 
     try:
         files = probe.read_health(target, timeout)
     except probe.ProbeError as exc:
-        fail(str(exc), probe.EXIT_UNKNOWN)
+        fail(str(exc), exit_codes.HEALTH_UNKNOWN)
     if as_json:
         click.echo(probe.as_json(files), nl=False)
     else:
         probe.render(target, files)
     code = probe.exit_code(files.state)
-    sys.exit(0 if degraded_ok and code == probe.EXIT_CODES["degraded"] else code)
+    sys.exit(exit_codes.OK if degraded_ok and code == exit_codes.DEGRADED else code)
 
 
 @main.command("list")
@@ -403,20 +391,22 @@ def list_mounts(as_json: bool, timeout: float) -> None:
 def _only_mount() -> Path:
     """The one storagefs mount for ``storagefs health`` without an argument. Several: a usage
     error (64), never "down" (2). None: exit 2, as for a mount that does not answer."""
-    from storagefs import probe
+    from storagefs import mounts_table, probe
 
-    with open("/proc/self/mounts") as mounts:
-        found = probe.storagefs_mounts(mounts.read())
+    try:
+        found = mounts_table.storagefs_mounts()
+    except OSError as exc:
+        fail(f"cannot read {mounts_table.MOUNTS_FILE}: {exc.strerror}", exit_codes.HEALTH_UNKNOWN)
     if len(found) > 1:
         names = ", ".join(str(p) for p in found)
         fail(
             f"several storagefs mounts ({names}): name one, e.g. storagefs health {found[0]}",
-            EX_USAGE,
+            exit_codes.HEALTH_USAGE,
         )
     try:
         return probe.default_mountpoint()
     except probe.ProbeError as exc:
-        fail(str(exc), probe.EXIT_UNKNOWN)
+        fail(str(exc), exit_codes.HEALTH_UNKNOWN)
 
 
 @main.command()

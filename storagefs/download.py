@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
+from storagefs import exit_codes
 from storagefs.backends.base import (
     BackendError,
     ListPage,
@@ -58,6 +59,7 @@ from storagefs.download_state import (
 )
 from storagefs.fs.attrs import stored_mode, stored_mtime_ns
 from storagefs.metric_names import TASK_BULK_DOWNLOAD
+from storagefs.posix_names import component_problem
 from storagefs.redact import redact
 
 if TYPE_CHECKING:
@@ -68,9 +70,7 @@ log = logging.getLogger("storagefs.download")
 
 DEFAULT_JOBS = 8
 LIST_PAGE = 1000
-NAME_MAX = 255  # bytes in one path component on Linux filesystems
 SHOWN_MAX = 50  # keys listed one by one in the human summary; --json lists them all
-EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 
 
 class ObjectSource(Protocol):
@@ -119,12 +119,9 @@ class Plan:
 def _path_problem(rel: str, is_dir: bool) -> str | None:
     parts = rel.split("/")
     for part in parts:
-        if part in ("", ".", ".."):
-            return "empty, '.' or '..' path component"
-        if "\0" in part:
-            return "NUL in the name"
-        if len(part.encode()) > NAME_MAX:
-            return f"a path component longer than {NAME_MAX} bytes"
+        problem = component_problem(part)
+        if problem is not None:
+            return problem
     # The state files live at the top only; parts sit beside any file.
     if is_reserved_name(parts[0]) or (not is_dir and is_part_name(parts[-1])):
         return "a name storagefs download keeps for itself"
@@ -199,8 +196,8 @@ class DownloadSummary:
 
     def exit_code(self) -> int:
         if self.interrupted:
-            return EXIT_INTERRUPTED
-        return EXIT_FAILED if self.failed else EXIT_OK
+            return exit_codes.INTERRUPTED
+        return exit_codes.PARTIAL if self.failed else exit_codes.OK
 
     def as_json(self) -> dict[str, Any]:
         body = dataclasses.asdict(self)
@@ -610,7 +607,7 @@ def run_cli(
         if not _interrupt_only(exc):
             raise
         print("storagefs: interrupted; run the same command again to resume", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return exit_codes.INTERRUPTED
     finally:
         progress.close()
     if as_json:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from storagefs.backends.base import ObjectInfo
+from storagefs.posix_names import NAME_MAX
 
 log = logging.getLogger("storagefs.download")
 
@@ -36,7 +37,7 @@ _VERSION = 1
 # s3transfer writes a big object to "<dest>.<8 hex digits>" and renames it onto ``dest`` at the
 # end, cutting the name to 255 bytes first: part names stay short enough to keep the suffix.
 _PART = re.compile(r"^\..*\.storagefs-part(\.[0-9A-Fa-f]{8})?$", re.DOTALL)
-_PART_NAME_MAX = 255 - 9
+_PART_NAME_MAX = NAME_MAX - 9
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -1,4 +1,5 @@
-"""The thin pyfuse3 adapter: unpack arguments, call the core, turn its errors into errnos.
+"""The thin pyfuse3 adapter: unpack arguments, call the core (through the router that answers
+``/.health``, fs/health_router.py), turn its errors into errnos.
 
 Only FUSEError may leave a pyfuse3 handler — anything else ends the main loop and the mount
 dies with it — so every handler goes through ``_guarded``: the core raises one error type
@@ -16,9 +17,8 @@ from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
 
-from storagefs.fs.core import Filesystem
 from storagefs.fs.errors import FSError
-from storagefs.fs.health_dir import HealthTree
+from storagefs.fs.health_router import HealthRouter
 from storagefs.fs.inodes import Node
 from storagefs.fs.names import decode_name, encode_name
 from storagefs.logs import correlation
@@ -56,7 +56,7 @@ class StorageOperations(pyfuse3.Operations):
 
     def __init__(
         self,
-        fs: Filesystem,
+        fs: HealthRouter,
         timeout: float,
         on_unexpected: Callable[[BaseException], None] = lambda exc: None,
     ) -> None:
@@ -240,9 +240,7 @@ class StorageOperations(pyfuse3.Operations):
         # them (readdirplus skips both), so they take no lookup.
         if start_id < 2:
             ino = self._dir_inodes[fh]
-            # A /.health directory's attributes are local; any other's, the inode table's
-            # (fs.getattr could ask the store: not worth a request for ".").
-            here = await self.fs.getattr(ino) if HealthTree.owns(ino) else self.fs.inodes.get(ino)
+            here = await self.fs.dir_node(ino)
         for dot in range(start_id, 2):
             if not pyfuse3.readdir_reply(token, b"." * (dot + 1), self._entry(here), dot + 1):
                 return

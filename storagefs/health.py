@@ -37,6 +37,7 @@ from typing import Any, Protocol
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from storagefs import exit_codes
 from storagefs import metric_names as m
 from storagefs.redact import redact
 
@@ -45,7 +46,6 @@ log = logging.getLogger("storagefs.health")
 OK = "ok"
 DEGRADED = "degraded"
 DOWN = "down"
-EXIT_CODES = {OK: 0, DEGRADED: 1, DOWN: 2}  # also the value of the storagefs_status gauge
 
 STATUS_FILE = "status.json"
 JOURNAL_FILE = "journal.json"
@@ -574,7 +574,7 @@ class _SnapshotCollector:
         yield from self._journal(snap)
         yield from self._cache(snap)
         status = _gauge(m.PROM_STATUS)
-        status.add_metric([], EXIT_CODES[snap.status])
+        status.add_metric([], exit_codes.HEALTH[snap.status])
         yield status
         for name, value in (
             (m.PROM_STALE_READS, snap.stale_reads),

@@ -753,9 +753,6 @@ class Journal:
         chosen = self.targets if targets is None else targets
         return not any(self._queues.get(t) for t in chosen)
 
-    def pending_count(self, target: str) -> int:
-        return len(self._queues.get(target, ()))
-
     def stats(self) -> dict[str, Any]:
         now = time.time()
         per_target: dict[str, dict[str, Any]] = {}

@@ -20,6 +20,7 @@ from storagefs.backends.base import ConfigurationError
 from storagefs.chain import FallbackChain
 from storagefs.config import Settings
 from storagefs.fs.core import Filesystem, FsOptions
+from storagefs.fs.health_router import HealthRouter
 from storagefs.fs.names import bad_keys_seen
 from storagefs.fuse_ops import StorageOperations
 from storagefs.health import CoreFigures
@@ -95,7 +96,7 @@ async def serve(
     await trio.to_thread.run_sync(stack.telemetry.start)
     await chain.open()
     _refuse_unusable_start(stack)
-    fs = Filesystem(chain, fs_options(settings, cache, read_only), health=stack.health.files)
+    fs = Filesystem(chain, fs_options(settings, cache, read_only))
     stack.health.core = lambda: CoreFigures(
         dirty_files=fs.dirty_files,
         invalid_keys=bad_keys_seen(),
@@ -106,7 +107,10 @@ async def serve(
     syncer = daemon_syncer(chain, settings, cache)
     if syncer is not None:
         stack.health.sync = syncer.snapshot
-    ops = StorageOperations(fs, settings.metadata_ttl, on_unexpected=stack.telemetry.notice_error)
+    routed = HealthRouter(fs, stack.health.files)
+    ops = StorageOperations(
+        routed, settings.metadata_ttl, on_unexpected=stack.telemetry.notice_error
+    )
     options = fuse_options(extra_options, read_only, settings.default_permissions)
     pyfuse3.init(ops, str(mountpoint), options)
     log.info("mounted %s on %s", chain.describe(), mountpoint)

@@ -22,6 +22,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from storagefs import exit_codes
+
 # Sources that mean "the configured primary", as the fs_spec of an fstab line must say something.
 CONFIGURED_SOURCES = frozenset({"storagefs", "none", ""})
 USAGE = "usage: mount.fuse.storagefs SOURCE MOUNTPOINT [-sfnv] [-o OPTIONS]"
@@ -90,9 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = storagefs_argv(call)
     except HelperUsageError as exc:
         print(f"storagefs: error: {exc}\n{USAGE}", file=sys.stderr)
-        return 2
+        return exit_codes.USAGE
     if call.fake:
-        return 0
+        return exit_codes.OK
     os.execv(command[0], command)  # the CLI's exit code and messages are mount(8)'s answer
 
 

@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from storagefs import probe
+from storagefs import mounts_table, probe
+from storagefs.mounts_table import MOUNTS_FILE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,10 +34,9 @@ class MountSummary:
     error: str | None = None  # why the health files could not be read
 
 
-def live_mounts(mounts_file: str = "/proc/self/mounts") -> list[Path]:
+def live_mounts(mounts_file: str = MOUNTS_FILE) -> list[Path]:
     try:
-        with open(mounts_file) as f:
-            return probe.storagefs_mounts(f.read())
+        return mounts_table.storagefs_mounts(mounts_file)
     except OSError:
         return []
 

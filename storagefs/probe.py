@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 import subprocess
 import sys
 import time
@@ -18,10 +17,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from storagefs import exit_codes, mounts_table
+from storagefs.mounts_table import MOUNTS_FILE
+
 HEALTH_DIR = ".health"
-FSTYPE = "fuse.storagefs"  # what the kernel calls our mounts (subtype=storagefs)
-EXIT_CODES = {"ok": 0, "degraded": 1, "down": 2}
-EXIT_UNKNOWN = 2  # no answer, or an answer we cannot read: as bad as down for a probe
 
 # Run with ``python -I -S``: no site packages, so it starts in a few milliseconds.
 _READER = r"""
@@ -53,9 +52,6 @@ else:
 """
 
 
-_OCTAL = re.compile(r"\\([0-7]{3})")
-
-
 class ProbeError(Exception):
     """The mount could not be asked or did not answer (one line for the user)."""
 
@@ -73,24 +69,12 @@ class HealthFiles:
 
 
 def exit_code(state: str) -> int:
-    return EXIT_CODES.get(state, EXIT_UNKNOWN)
+    return exit_codes.HEALTH.get(state, exit_codes.HEALTH_UNKNOWN)
 
 
-def storagefs_mounts(mounts_text: str) -> list[Path]:
-    """Mountpoints of storagefs mounts in the text of /proc/self/mounts."""
-    found = []
-    for line in mounts_text.splitlines():
-        fields = line.split()
-        if len(fields) >= 3 and fields[2] == FSTYPE:
-            # /proc/mounts escapes space, tab, newline and backslash as octal.
-            found.append(Path(_OCTAL.sub(lambda c: chr(int(c.group(1), 8)), fields[1])))
-    return found
-
-
-def default_mountpoint(mounts_file: str = "/proc/self/mounts") -> Path:
+def default_mountpoint(mounts_file: str = MOUNTS_FILE) -> Path:
     try:
-        with open(mounts_file) as f:
-            mounts = storagefs_mounts(f.read())
+        mounts = mounts_table.storagefs_mounts(mounts_file)
     except OSError as exc:
         raise ProbeError(f"cannot read {mounts_file}: {exc.strerror}") from None
     if not mounts:

@@ -75,11 +75,9 @@ class Redactor:
         self._values = sorted(values, key=len, reverse=True)
 
     @classmethod
-    def from_environment(
-        cls, environ: Mapping[str, str] | None = None, extra: Iterable[str] = ()
-    ) -> Redactor:
+    def from_environment(cls, environ: Mapping[str, str] | None = None) -> Redactor:
         env = os.environ if environ is None else environ
-        return cls([*(env.get(name, "") for name in SECRET_ENV_VARS), *extra])
+        return cls([env.get(name, "") for name in SECRET_ENV_VARS])
 
     def __call__(self, text: str) -> str:
         for value in self._values:
@@ -88,15 +86,7 @@ class Redactor:
         return _SECRET_PAIRS.sub(rf"\1\2{REDACTED}", text)
 
 
-_extra: set[str] = set()
 _cached: tuple[tuple[str, ...], Redactor] | None = None
-
-
-def add_secrets(values: Iterable[str | None]) -> None:
-    """Secrets that did not come from the environment (CLI flags, config files)."""
-    global _cached
-    _extra.update(v for v in values if v)
-    _cached = None
 
 
 def current() -> Redactor:
@@ -104,7 +94,7 @@ def current() -> Redactor:
     global _cached
     key = tuple(os.environ.get(name, "") for name in SECRET_ENV_VARS)
     if _cached is None or _cached[0] != key:
-        _cached = (key, Redactor.from_environment(extra=_extra))
+        _cached = (key, Redactor.from_environment())
     return _cached[1]
 
 

@@ -48,7 +48,8 @@ from storagefs.health import (
     backend_file,
 )
 from storagefs.logs import setup_logging
-from storagefs.probe import ProbeError, default_mountpoint, storagefs_mounts
+from storagefs.mounts_table import storagefs_mounts
+from storagefs.probe import ProbeError, default_mountpoint
 from storagefs.redact import Redactor
 from storagefs.resilience import ResilientBackend, RetryPolicy
 from tests.fakes import MemoryBackend
@@ -621,8 +622,8 @@ def test_default_mountpoint_from_proc_mounts(tmp_path: Path) -> None:
     mounts = tmp_path / "mounts"
     other = "proc /proc proc rw 0 0\n/dev/sda1 / ext4 rw 0 0\n"
     ours = "storagefs /mnt/my\\040data fuse.storagefs rw,nosuid 0 0\n"
-    assert storagefs_mounts(other + ours) == [Path("/mnt/my data")]
     mounts.write_text(other + ours)
+    assert storagefs_mounts(str(mounts)) == [Path("/mnt/my data")]
     assert default_mountpoint(str(mounts)) == Path("/mnt/my data")
     mounts.write_text(other)
     with pytest.raises(ProbeError, match="no storagefs mount found"):

@@ -43,6 +43,7 @@ from storagefs.backends.base import (
     PermissionDenied,
     TransientError,
 )
+from storagefs.posix_names import component_problem
 
 log = logging.getLogger(__name__)
 
@@ -430,8 +431,7 @@ class LocalBackend:
         parts = key[:-1].split("/") if key.endswith("/") else key.split("/")
         if (
             not key
-            or "\0" in key
-            or any(p in ("", ".", "..") for p in parts)
+            or any(component_problem(p) is not None for p in parts)
             or parts[0] == TMP_DIR
         ):
             raise InvalidRequest(f"{self.name}: {key!r} is not a valid key for a local directory")

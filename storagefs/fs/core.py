@@ -37,11 +37,9 @@ from storagefs.fs.attrs import OBJECT_TYPES, Attrs, Defaults, attrs_from_object
 from storagefs.fs.dirs import DirCache, Entry, Listing, list_directory
 from storagefs.fs.errors import FSError, as_fs_error, errno_for, first_failure
 from storagefs.fs.files import ChunkReader, FileState, Handle, OpenFile, ReadBudget
-from storagefs.fs.health_dir import HealthTree, Provider
 from storagefs.fs.inodes import ROOT_INODE, InodeTable, Node
 from storagefs.fs.metadata_cache import MetadataCache
 from storagefs.fs.names import (
-    HEALTH_NAME,
     check_new_name,
     child_path,
     dir_prefix,
@@ -159,9 +157,7 @@ class DirEntry:
 
 @_errors_converted
 class Filesystem:
-    def __init__(
-        self, backend: Backend, options: FsOptions, health: Provider | None = None
-    ) -> None:
+    def __init__(self, backend: Backend, options: FsOptions) -> None:
         self.backend = backend
         self.options = options
         self.defaults = Defaults(options.uid, options.gid, options.file_mode, options.dir_mode)
@@ -179,9 +175,6 @@ class Filesystem:
         self._part_slots = trio.CapacityLimiter(options.stream_parallelism)
         # Small files' contents fetched by lookups (peek), by path: (etag, bytes).
         self._peeked: collections.OrderedDict[str, tuple[str, bytes]] = collections.OrderedDict()
-        self.health = HealthTree(health, options.uid, options.gid)
-        self._health_files: dict[int, bytes] = {}  # open /.health files: their snapshot
-        self._health_dirs: dict[int, list[Node]] = {}
         # mtime/ctime of directories whose entries changed in this mount, by path. A store has
         # no directory object to touch on every create/unlink (that would double the requests
         # of each), so these live for the mount's life and win over older stored times.
@@ -277,10 +270,6 @@ class Filesystem:
 
     def _expiry(self) -> float:
         return self._now() + self.options.metadata_ttl
-
-    def _refuse_health(self, *inos: int) -> None:
-        if any(HealthTree.owns(ino) for ino in inos):
-            raise FSError(errno.EACCES, "/.health is read-only")
 
     def _check_writable(self) -> None:
         if self.options.read_only:
@@ -513,13 +502,6 @@ class Filesystem:
     # --- metadata operations ----------------------------------------------------------
 
     async def lookup(self, parent_ino: int, name: str) -> Node:
-        if HealthTree.owns(parent_ino):
-            found = self.health.lookup(parent_ino, name)
-            if found is None:
-                raise FSError(errno.ENOENT)
-            return found
-        if parent_ino == ROOT_INODE and name == HEALTH_NAME:
-            return self.health.root()
         parent = self._dir_node(parent_ino)
         if name == ".":
             node = parent
@@ -544,18 +526,12 @@ class Filesystem:
         return node
 
     def forget(self, ino: int, count: int) -> None:
-        if not HealthTree.owns(ino):
-            self.inodes.forget(ino, count)
+        self.inodes.forget(ino, count)
 
     def add_lookup(self, node: Node) -> None:
         node.lookups += 1
 
     async def getattr(self, ino: int) -> Node:
-        if HealthTree.owns(ino):
-            found = self.health.getattr(ino)
-            if found is None:
-                raise FSError(errno.ENOENT)
-            return found
         node = self.inodes.get(ino)
         if node.path is None or node.ino == ROOT_INODE or path_is_open(self, node):
             return node
@@ -582,7 +558,6 @@ class Filesystem:
         caller: int | None = None,
     ) -> Node:
         """Change attributes; ``caller`` is the uid asking (None: trusted, e.g. tests)."""
-        self._refuse_health(ino)
         self._check_writable()
         node = self.inodes.get(ino)
         if node.path is None:
@@ -667,14 +642,11 @@ class Filesystem:
     # --- directories ------------------------------------------------------------------
 
     async def mkdir(self, parent_ino: int, name: str, mode: int, uid: int, gid: int) -> Node:
-        self._refuse_health(parent_ino)
         self._check_writable()
         parent = self._dir_node(parent_ino)
         check_new_name(name)
         assert parent.path is not None
         path = child_path(parent.path, name)
-        if parent.path == "" and name == HEALTH_NAME:
-            raise FSError(errno.EEXIST)
         await self._ensure_absent(path)
         attrs = self._new_attrs(parent, stat.S_IFDIR, mode, uid, gid)
         meta = attrs.to_metadata()
@@ -709,13 +681,10 @@ class Filesystem:
     async def _make_object(
         self, parent_ino: int, name: str, mode: int, uid: int, gid: int, body: bytes, rdev: int = 0
     ) -> Node:
-        self._refuse_health(parent_ino)
         self._check_writable()
         parent = self._dir_node(parent_ino)
         check_new_name(name)
         assert parent.path is not None
-        if parent.path == "" and name == HEALTH_NAME:
-            raise FSError(errno.EEXIST)
         path = child_path(parent.path, name)
         await self._ensure_absent(path)
         attrs = self._new_attrs(parent, stat.S_IFMT(mode), mode, uid, gid, len(body))
@@ -733,8 +702,6 @@ class Filesystem:
         return node
 
     async def readlink(self, ino: int) -> bytes:
-        if HealthTree.owns(ino):
-            raise FSError(errno.EINVAL)
         node = self.inodes.get(ino)
         if not node.attrs.is_link:
             raise FSError(errno.EINVAL)
@@ -751,7 +718,6 @@ class Filesystem:
         """Hard links are refused (docs/SEMANTICS.md): an object store has no way to give two
         keys one content, and copies would drift apart. EPERM is what Linux filesystems
         without hard links answer (vfat, many FUSE filesystems)."""
-        self._refuse_health(ino, new_parent_ino)
         self._check_writable()
         raise FSError(errno.EPERM, "hard links are not supported")
 
@@ -774,9 +740,6 @@ class Filesystem:
         return list(listing.entries.values())
 
     async def rmdir(self, parent_ino: int, name: str) -> None:
-        self._refuse_health(parent_ino)
-        if parent_ino == ROOT_INODE and name == HEALTH_NAME:
-            raise FSError(errno.EACCES, "/.health is read-only")
         self._check_writable()
         parent = self._dir_node(parent_ino)
         assert parent.path is not None
@@ -796,10 +759,6 @@ class Filesystem:
         self._touch_dir(parent.path)
 
     async def opendir(self, ino: int) -> int:
-        if HealthTree.owns(ino):
-            dh = self._new_fh()
-            self._health_dirs[dh] = self.health.children(ino)
-            return dh
         node = self._dir_node(ino)
         assert node.path is not None
         listing = await self._listing(node.path)
@@ -809,13 +768,6 @@ class Filesystem:
 
     def readdir(self, dh: int, start: int) -> list[DirEntry]:
         """Entries from ``start`` on; the adapter calls add_lookup for each one it sends."""
-        if dh in self._health_dirs:
-            nodes = self._health_dirs[dh]
-            assert all(n.path is not None for n in nodes)
-            return [
-                DirEntry(str(n.path).rsplit("/", 1)[-1], n, i + 1)
-                for i, n in enumerate(nodes[start:], start)
-            ]
         try:
             path, entries, known = self._dir_handles[dh]
         except KeyError:
@@ -827,7 +779,6 @@ class Filesystem:
 
     def releasedir(self, dh: int) -> None:
         self._dir_handles.pop(dh, None)
-        self._health_dirs.pop(dh, None)
 
     # --- files ------------------------------------------------------------------------
 
@@ -893,13 +844,10 @@ class Filesystem:
     async def create(
         self, parent_ino: int, name: str, mode: int, flags: int, uid: int, gid: int
     ) -> tuple[int, Node]:
-        self._refuse_health(parent_ino)
         self._check_writable()
         parent = self._dir_node(parent_ino)
         check_new_name(name)
         assert parent.path is not None
-        if parent.path == "" and name == HEALTH_NAME:
-            raise FSError(errno.EACCES)
         path = child_path(parent.path, name)
         existing = self.inodes.by_path(path)
         if existing is not None and path_is_open(self, existing) and flags & os.O_EXCL:
@@ -922,16 +870,6 @@ class Filesystem:
 
     async def open(self, ino: int, flags: int) -> tuple[int, bool]:
         """A file handle and whether the kernel may keep its page cache for this file."""
-        if HealthTree.owns(ino):
-            if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
-                raise FSError(errno.EACCES, "/.health is read-only")
-            content = self.health.content(ino)
-            if content is None:
-                known = self.health.path_of(ino) is not None
-                raise FSError(errno.EISDIR if known else errno.ENOENT)
-            fh = self._new_fh()
-            self._health_files[fh] = content
-            return fh, False
         node = self.inodes.get(ino)
         if node.attrs.is_dir:
             raise FSError(errno.EISDIR)
@@ -968,13 +906,7 @@ class Filesystem:
         except KeyError:
             raise FSError(errno.EBADF) from None
 
-    def is_virtual(self, fh: int) -> bool:
-        """A /.health file: sized by its snapshot, so the kernel must not trust st_size."""
-        return fh in self._health_files
-
     async def read(self, fh: int, offset: int, size: int) -> bytes:
-        if fh in self._health_files:
-            return self._health_files[fh][offset : offset + size]
         handle = self._handle(fh)
         ofile = handle.ofile
         if ofile.fd is not None:
@@ -1094,16 +1026,12 @@ class Filesystem:
             self._update_listing_entry(node.path, info)
 
     async def flush(self, fh: int) -> None:
-        if fh in self._health_files:
-            return
         await self._upload(self._handle(fh).ofile)
 
     async def fsync(self, fh: int) -> None:
         await self._upload(self._handle(fh).ofile)
 
     async def release(self, fh: int) -> None:
-        if self._health_files.pop(fh, None) is not None:
-            return
         handle = self._handles.pop(fh, None)
         if handle is None:
             return
@@ -1121,12 +1049,9 @@ class Filesystem:
     # --- removal and renames ----------------------------------------------------------
 
     async def unlink(self, parent_ino: int, name: str) -> None:
-        self._refuse_health(parent_ino)
         self._check_writable()
         parent = self._dir_node(parent_ino)
         assert parent.path is not None
-        if parent.path == "" and name == HEALTH_NAME:
-            raise FSError(errno.EACCES)
         node = await self.lookup(parent_ino, name)
         node.lookups -= 1
         if node.attrs.is_dir:
@@ -1151,7 +1076,6 @@ class Filesystem:
         new_name: str,
         flags: int = 0,
     ) -> None:
-        self._refuse_health(old_parent_ino, new_parent_ino)
         self._check_writable()
         if flags & RENAME_EXCHANGE:
             raise FSError(errno.EINVAL, "RENAME_EXCHANGE is not supported")
@@ -1159,11 +1083,6 @@ class Filesystem:
         new_parent = self._dir_node(new_parent_ino)
         check_new_name(new_name)
         assert old_parent.path is not None and new_parent.path is not None
-        if (old_parent.path, old_name) == ("", HEALTH_NAME) or (
-            new_parent.path,
-            new_name,
-        ) == ("", HEALTH_NAME):
-            raise FSError(errno.EACCES)
         src = child_path(old_parent.path, old_name)
         dst = child_path(new_parent.path, new_name)
         node = await self.lookup(old_parent_ino, old_name)

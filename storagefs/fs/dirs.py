@@ -79,7 +79,9 @@ def _acceptable(path: str, name: str, key: str) -> bool:
         report_bad_key(key)
         return False
     if path == "" and name == HEALTH_NAME:
-        # The root's .health is the mount's virtual status directory (see docs/SEMANTICS.md).
+        # The root's .health is the mount's virtual status directory (docs/SEMANTICS.md),
+        # answered by fs/health_router.py before the core sees the name; the bucket's own
+        # objects under it are left out here so that listings never show them either.
         report_bad_key(key)
         return False
     return True

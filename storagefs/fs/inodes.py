@@ -151,8 +151,3 @@ class InodeTable:
             del self._retired[path]
         for path in [p for p in self._retired if below(p)]:
             self._retired[new + path[len(old) :]] = self._retired.pop(path)
-
-    def invalidate_all(self) -> None:
-        for node in self._nodes.values():
-            if node.ino != ROOT_INODE:
-                node.expires = 0.0

@@ -6,10 +6,9 @@ import errno
 import logging
 
 from storagefs.fs.errors import FSError
+from storagefs.posix_names import NAME_MAX, component_problem
 
 log = logging.getLogger("storagefs.names")
-
-NAME_MAX = 255  # bytes, as on ext4 and in the kernel's dentry limits
 
 # The mount root's virtual directory; never read from or written to a backend.
 HEALTH_NAME = ".health"
@@ -18,13 +17,7 @@ _reported: set[str] = set()
 
 
 def valid_component(name: str) -> bool:
-    return (
-        bool(name)
-        and name not in (".", "..")
-        and "/" not in name
-        and "\0" not in name
-        and len(name.encode("utf-8", "surrogateescape")) <= NAME_MAX
-    )
+    return component_problem(name) is None
 
 
 def report_bad_key(key: str) -> None:

@@ -13,6 +13,7 @@ import trio
 from storagefs.backends.base import META_MODE, META_MTIME, TransientError
 from storagefs.fs.core import RENAME_NOREPLACE, Filesystem
 from storagefs.fs.errors import FSError
+from storagefs.fs.health_router import HealthRouter
 from storagefs.fs.inodes import ROOT_INODE
 from tests.core.conftest import make_fs, read_file, resolve, write_file
 from tests.fakes import MemoryBackend
@@ -405,8 +406,9 @@ async def test_health_tree_is_virtual_and_read_only(
         calls.append(1)
         return {"status.json": b'{"state": "ok"}', "backends/s3.json": f"{len(calls)}".encode()}
 
-    fs = Filesystem(backend, make_fs(backend, tmp_path).options, health=provider)
-    fs.attach(nursery)
+    core = make_fs(backend, tmp_path)
+    core.attach(nursery)
+    fs = HealthRouter(core, provider)
     backend.objects[".health/x"] = (b"shadowed", {}, 0.0)
     root = await fs.lookup(ROOT_INODE, ".health")
     dh = await fs.opendir(root.ino)

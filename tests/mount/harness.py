@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from storagefs.mounts_table import is_mounted
+
 FUSERMOUNT = shutil.which("fusermount3")
 MOUNT_TIMEOUT = 30.0  # seconds for the mount to appear (imports + backend open)
 EXIT_TIMEOUT = 30.0  # seconds for the daemon to exit after the unmount (uploads dirty files)
@@ -18,16 +20,6 @@ EXIT_TIMEOUT = 30.0  # seconds for the daemon to exit after the unmount (uploads
 BAD_LOG_MARKERS = ("unexpected error", "Traceback (most recent call last)")
 
 FUSERMOUNT = shutil.which("fusermount3")
-
-
-def is_mounted(path: Path) -> bool:
-    target = os.path.realpath(path)
-    with open("/proc/self/mounts") as mounts:
-        for line in mounts:
-            fields = line.split()
-            if fields[1].replace("\\040", " ") == target:
-                return True
-    return False
 
 
 def clean_env(extra: Mapping[str, str]) -> dict[str, str]:
