@@ -433,29 +433,6 @@ class FallbackChain:
 
     # --- reads -----
 
-    def _where(self, key: str, entry: Entry | None, remote: Backend) -> str | Entry | None:
-        """Where the content ``key`` has now is, for a read through ``remote``: a key on that
-        remote, a pending PUT (its content is in the journal), or None (deleted).
-
-        ``entry`` is the newest pending entry of ``key``. A pending COPY's content is its
-        source's as of the copy: on a remote that has not applied the copy yet, that is the
-        source key there (later changes to the source wait for the copy) — unless an older
-        entry of the source is pending on that remote too, which is then followed instead.
-        """
-        while entry is not None:
-            if entry.op is Op.PUT:
-                return entry
-            if entry.op is Op.DELETE:
-                return None
-            if not self.journal.is_pending(entry.seq, remote.name):
-                return entry.key
-            assert entry.src is not None
-            key = entry.src
-            entry = self.journal.latest_before(key, entry.seq)
-            if entry is not None and not self.journal.is_pending(entry.seq, remote.name):
-                return key
-        return key
-
     async def _through(
         self,
         op: str,
@@ -467,9 +444,9 @@ class FallbackChain:
         hedge: bool = True,
     ) -> T:
         """The first answer for ``key`` from the remotes (see :meth:`_race`), each asked
-        where :meth:`_where` says; _AllDown when none answers."""
+        where the journal says (:meth:`Journal.resolve`); _AllDown when none answers."""
         order = self._read_order()
-        where = self._where(key, entry, order[0])
+        where = self.journal.resolve(key, entry, order[0].name)
         if where is None:
             await trio.lowlevel.checkpoint()
             raise NotFound(key)
@@ -477,7 +454,7 @@ class FallbackChain:
             return await local_op(where)
 
         async def ask(remote: Backend) -> T:
-            where = self._where(key, entry, remote)
+            where = self.journal.resolve(key, entry, remote.name)
             if where is None:
                 await trio.lowlevel.checkpoint()
                 raise NotFound(key)
