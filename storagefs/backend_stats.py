@@ -203,6 +203,11 @@ class RemoteState:
 
     # --- readers --------------------------------------------------------------------------
 
+    def last_error_text(self) -> str | None:
+        """The last error as "Type: message", or None."""
+        err = self.last_error
+        return f"{err.type}: {err.message}" if err is not None else None
+
     def success_rate(self) -> float | None:
         """Share of answered operations among the last ``window`` ones; None before any."""
         if not self._outcomes:

@@ -76,29 +76,6 @@ class _Reply(Generic[T]):
     error: Exception | None = None
 
 
-class RemoteHealth:
-    """What the chain last saw of one remote (from its own calls and the replayer's)."""
-
-    __slots__ = ("failures", "last_error", "last_failure", "reachable", "since")
-
-    def __init__(self) -> None:
-        self.reachable: bool | None = None  # None: not asked yet
-        self.last_error: str | None = None
-        self.since: float | None = None  # wall clock of the last change of `reachable`
-        self.last_failure: float | None = None  # time.monotonic() of the last failure
-        self.failures = 0
-
-    def saw(self, error: BaseException | None) -> None:
-        ok = error is None
-        if self.reachable is not ok:
-            self.since = time.time()
-        self.reachable = ok
-        if error is not None:
-            self.failures += 1
-            self.last_failure = time.monotonic()
-            self.last_error = f"{type(error).__name__}: {error}"[:300]
-
-
 class FallbackChain:
     name = "chain"
 
@@ -121,9 +98,9 @@ class FallbackChain:
         self.journal = journal
         self.cache = cache
         self.settings = settings
-        self.health_of = {name: RemoteHealth() for name in names}
-        # The state each remote's ResilientBackend keeps; a bare backend (tests, tools) gets
-        # one the chain feeds itself from what its calls see.
+        # Reachability lives in one place: the RemoteState each remote's ResilientBackend
+        # keeps (read order, hedging, /.health all read it). A bare backend (tests, tools)
+        # gets one that the chain feeds itself from what its calls see.
         policy = RetryPolicy.from_settings(settings)
         self.state_of: dict[str, RemoteState] = {}
         self._chain_fed: set[str] = set()
@@ -186,10 +163,12 @@ class FallbackChain:
                     "%s (%s) is not answering at start: %s; continuing without it",
                     remote.name, remote.describe(), exc,
                 )  # fmt: skip
-                self.health_of[remote.name].saw(exc)
+                state = self.state_of[remote.name]  # open() is not an operation it counts
+                state.record_error("open", exc)
+                state.failed(f"{type(exc).__name__}: {exc}")
                 self.replayer.mark_down(remote.name, exc)
             else:
-                self.health_of[remote.name].saw(None)
+                self.state_of[remote.name].answered()
 
     async def close(self) -> None:
         for remote in self.remotes:
@@ -291,7 +270,8 @@ class FallbackChain:
     # --- reachability -----
 
     def _saw(self, name: str, error: BaseException | None) -> None:
-        self.health_of[name].saw(error)
+        """What a call to remote ``name`` showed (None: it answered). A ResilientBackend has
+        recorded it in its state already; a bare backend's state is fed here."""
         if error is not None:
             self._unwell_seen.set()
         if name in self._chain_fed:
@@ -299,14 +279,21 @@ class FallbackChain:
             if error is None:
                 state.answered()
             else:
+                state.record_error("call", error)
                 state.failed(f"{type(error).__name__}: {error}")
         if error is None and not self.replayer.is_up(name):
             self.replayer.kick(name)  # it answers us again: let the replayer probe it now
 
     def _replayed(self, name: str, error: BaseException | None) -> None:
-        self.health_of[name].saw(error)
         if error is not None:
             self._unwell_seen.set()
+        if name in self._chain_fed:
+            state = self.state_of[name]
+            if error is None:
+                state.answered()
+            else:
+                state.record_error("replay", error)
+                state.failed(f"{type(error).__name__}: {error}")
 
     def _read_order(self) -> builtins.list[Backend]:
         """The remotes in chain order, except that unwell ones (breaker not closed, or failed
@@ -837,7 +824,8 @@ class FallbackChain:
         remotes = []
         reasons: builtins.list[str] = []
         for index, remote in enumerate(self.remotes):
-            health = self.health_of[remote.name]
+            health = self.state_of[remote.name]
+            error = health.last_error_text()
             queue = journal["targets"].get(remote.name, {})
             role = "primary" if index == 0 else "secondary" if index == 1 else f"remote{index}"
             remotes.append(
@@ -846,9 +834,9 @@ class FallbackChain:
                     "role": role,
                     "backend": remote.describe(),
                     "reachable": health.reachable,
-                    "since": health.since,
+                    "since": health.reachable_since,
                     "failures": health.failures,
-                    "last_error": health.last_error,
+                    "last_error": error,
                     "replay": replay[remote.name],
                     "pending_ops": queue.get("pending_ops", 0),
                     "pending_bytes": queue.get("pending_bytes", 0),
@@ -856,7 +844,7 @@ class FallbackChain:
                 }
             )
             if health.reachable is False or not replay[remote.name]["up"]:
-                reasons.append(f"{role} {remote.name} is not answering: {health.last_error}")
+                reasons.append(f"{role} {remote.name} is not answering: {error}")
         if journal["quarantined"]:
             reasons.append(
                 f"{journal['quarantined']} journal entries quarantined in"
