@@ -818,14 +818,13 @@ class FallbackChain:
     # --- health -----
 
     def status(self) -> dict[str, Any]:
-        """A snapshot for the health files (plain JSON types)."""
+        """Facts for the health files (plain JSON types). Whether they make the mount ok,
+        degraded or down is decided in one place: :mod:`storagefs.health`."""
         journal = self.journal.stats()
         replay = self.replayer.stats()
         remotes = []
-        reasons: builtins.list[str] = []
         for index, remote in enumerate(self.remotes):
-            health = self.state_of[remote.name]
-            error = health.last_error_text()
+            state = self.state_of[remote.name]
             queue = journal["targets"].get(remote.name, {})
             role = "primary" if index == 0 else "secondary" if index == 1 else f"remote{index}"
             remotes.append(
@@ -833,32 +832,19 @@ class FallbackChain:
                     "name": remote.name,
                     "role": role,
                     "backend": remote.describe(),
-                    "reachable": health.reachable,
-                    "since": health.reachable_since,
-                    "failures": health.failures,
-                    "last_error": error,
+                    "reachable": state.reachable,
+                    "since": state.reachable_since,
+                    "failures": state.failures,
+                    "last_error": state.last_error_text(),
                     "replay": replay[remote.name],
                     "pending_ops": queue.get("pending_ops", 0),
                     "pending_bytes": queue.get("pending_bytes", 0),
                     "oldest_pending_age": queue.get("oldest_age"),
                 }
             )
-            if health.reachable is False or not replay[remote.name]["up"]:
-                reasons.append(f"{role} {remote.name} is not answering: {error}")
-        if journal["quarantined"]:
-            reasons.append(
-                f"{journal['quarantined']} journal entries quarantined in"
-                f" {self.journal.quarantine_dir}"
-            )
-        if journal["pending_bytes"] > 0.9 * journal["max_bytes"]:
-            reasons.append("journal over 90% full: writes will soon fail with ENOSPC")
-        if self.stale_reads and any(r["reachable"] is False for r in remotes):
-            reasons.append(f"{self.stale_reads} reads served from the local cache (may be stale)")
         return {
             "name": self.name,
             "write_mode": self.settings.write_mode,
-            "degraded": bool(reasons),
-            "degraded_reasons": reasons,
             "remotes": remotes,
             "journal": journal,
             "cache": self.cache.stats(),

@@ -14,6 +14,7 @@ The state rules (docs/HEALTH.md explains them to users):
   served from the local cache and writes land in the journal, but nothing reaches a store.
 * **degraded**: not down, and any of: a remote unavailable; a remote whose last operations
   failed after all retries (``consecutive_failures > 0``) though its breaker is still closed;
+  a remote unwell (the chain asks it last: see :class:`storagefs.backend_stats.RemoteState`);
   the replayer paused for a remote; journal entries a remote has not applied for more than
   ``backlog_age`` seconds; the journal over ``journal_full_ratio`` of its limit; quarantined
   journal entries; reads served stale from the cache within the last ``stale_window`` seconds;
@@ -161,7 +162,6 @@ class Snapshot:
     journal_only_writes: int
     core: CoreFigures
     report_errors: int
-    chain_reasons: list[str]
     rules: HealthRules
 
     def status_doc(self) -> dict[str, Any]:
@@ -179,7 +179,6 @@ class Snapshot:
             "journal_only_writes": self.journal_only_writes,
             "dirty_files": self.core.dirty_files,
             "invalid_keys": self.core.invalid_keys,
-            "chain_reasons": self.chain_reasons,
             "rules": dataclasses.asdict(self.rules),
         }
 
@@ -290,9 +289,6 @@ class HealthReport:
         stale_recent = self._recent_stale(stale_reads, chain.get("last_stale_read"))
 
         reasons = self._reasons(remotes, backends, journal, stale_recent)
-        chain_reasons = [str(r) for r in chain.get("degraded_reasons", ()) or ()]
-        if chain_reasons and not reasons:  # the chain knows of a problem our rules do not
-            reasons.extend(chain_reasons)
         reasons.extend(problems)
         if remotes and not any(r["available"] for r in remotes):
             status = DOWN
@@ -312,7 +308,6 @@ class HealthReport:
             journal_only_writes=_int(chain.get("journal_only_writes")),
             core=core,
             report_errors=self.errors,
-            chain_reasons=chain_reasons,
             rules=self.rules,
         )
 

@@ -25,6 +25,7 @@ from storagefs.backends.base import (
 )
 from storagefs.chain import FallbackChain
 from storagefs.config import Settings
+from storagefs.health import HealthReport
 from storagefs.resilience import ResilientBackend, RetryPolicy
 from tests.fakes import MemoryBackend
 from tests.fault_injection import FaultyBackend
@@ -89,6 +90,11 @@ async def list_all(chain: FallbackChain, prefix: str = "", limit: int = 1000) ->
             return ListPage(objects, prefixes, None)
 
 
+def verdict(chain: FallbackChain) -> str:
+    """ok / degraded / down, as the health files would say (the chain only reports facts)."""
+    return HealthReport(chain=chain).snapshot().status
+
+
 def keys(page: ListPage) -> list[str]:
     return [o.key for o in page.objects]
 
@@ -109,7 +115,7 @@ async def test_reads_fall_back_to_the_secondary(tmp_path: Path) -> None:
         page = await chain.list("")
         assert keys(page) == ["old"] and page.prefixes == ["d/"]
         status = chain.status()
-        assert status["remotes"][0]["reachable"] is False and status["degraded"]
+        assert status["remotes"][0]["reachable"] is False and verdict(chain) == "degraded"
         assert status["remotes"][1]["reachable"] is True
         primary.set_up()
         await trio.sleep(0.06)  # a remote that just failed is asked last for breaker_reset
@@ -162,7 +168,7 @@ async def test_all_down_reads_cache_writes_journal_then_everything_arrives(
         assert chain.journal_only_writes == 5
         assert not await chain.flush(0.2)
         status = chain.status()
-        assert status["degraded"] and status["journal"]["pending_entries"] == 5
+        assert verdict(chain) == "down" and status["journal"]["pending_entries"] == 5
         assert status["remotes"][0]["pending_ops"] == 5
 
         primary.set_up()
@@ -367,7 +373,7 @@ async def test_permanent_error_is_raised_and_quarantined(tmp_path: Path) -> None
             await chain.write_bytes("refused", b"x", META)
         assert await chain.flush(5)  # nothing left to retry
         assert chain.journal.stats()["quarantined"] == 2  # the primary's, and the abandoned rest
-        assert chain.status()["degraded"]
+        assert verdict(chain) == "degraded"
         with pytest.raises(NotFound):
             await chain.stat("refused")
         quarantine = chain.journal.quarantine_dir
@@ -396,7 +402,7 @@ async def test_full_journal_refuses_writes(tmp_path: Path) -> None:
         with pytest.raises(NoSpace):
             await chain.write_bytes("b", bytes(10_000), META)
         assert "b" not in store(primary).objects
-        assert any("full" in r for r in chain.status()["degraded_reasons"])
+        assert any("full" in r for r in HealthReport(chain=chain).snapshot().reasons)
         secondary.set_up()
         assert await chain.flush(5)
         await chain.write_bytes("b", bytes(10_000), META)  # room again once replayed
@@ -440,13 +446,13 @@ async def test_degraded_start_and_recovery(tmp_path: Path) -> None:
     primary.set_down(BackendUnavailable)
     async with running(tmp_path, (primary, secondary)) as chain:
         status = chain.status()
-        assert status["remotes"][0]["reachable"] is False and status["degraded"]
+        assert status["remotes"][0]["reachable"] is False and verdict(chain) == "degraded"
         assert await chain.read("seen", 0, 100) == b"on secondary"
         await chain.write_bytes("a", b"x", META)
         primary.set_up()
         assert await chain.flush(5)
         assert contents(primary) == {"a": b"x"}
-        assert not chain.status()["degraded"]
+        assert verdict(chain) == "ok"
 
 
 async def test_pending_writes_survive_a_restart(tmp_path: Path) -> None:
@@ -531,8 +537,6 @@ async def test_status_shape(tmp_path: Path) -> None:
     assert set(status) == {
         "name",
         "write_mode",
-        "degraded",
-        "degraded_reasons",
         "remotes",
         "journal",
         "cache",

@@ -107,8 +107,6 @@ class StatusChain:
         self.doc: dict[str, Any] = {
             "name": "chain",
             "write_mode": "through",
-            "degraded": False,
-            "degraded_reasons": [],
             "remotes": [
                 self.remote("a", "primary"),
                 self.remote("b", "secondary"),
@@ -301,13 +299,6 @@ def test_chain_states_backlog_quarantine_full_journal_and_unreachable() -> None:
     ]
     chain.doc["remotes"][1]["reachable"] = False
     assert docs(report)["status.json"]["status"] == "down"
-
-
-def test_chain_reasons_are_kept_when_the_rules_see_nothing() -> None:
-    chain = StatusChain(degraded=True, degraded_reasons=["something only the chain knows"])
-    status = docs(HealthReport(chain=chain))["status.json"]
-    assert status["status"] == "degraded"
-    assert status["reasons"] == ["something only the chain knows"]
 
 
 def test_stale_reads_degrade_for_one_window() -> None:
