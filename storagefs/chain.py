@@ -33,7 +33,7 @@ from typing import Any, Generic, TypeVar
 import trio
 
 from storagefs import chain_listing as listing
-from storagefs.backend_stats import RemoteState
+from storagefs.backend_stats import RemoteSnapshot, RemoteState
 from storagefs.backends.base import (
     Backend,
     BackendError,
@@ -47,7 +47,7 @@ from storagefs.backends.base import (
 from storagefs.cache import Cache
 from storagefs.config import Settings
 from storagefs.journal import ContentGone, Entry, Journal, Op
-from storagefs.replay import Outcome, Replayer, Result
+from storagefs.replay import Outcome, Replayer, Result, TargetSnapshot
 from storagefs.resilience import RetryPolicy, answerable_elsewhere
 
 T = TypeVar("T")
@@ -817,38 +817,62 @@ class FallbackChain:
 
     # --- health -----
 
-    def status(self) -> dict[str, Any]:
-        """Facts for the health files (plain JSON types). Whether they make the mount ok,
-        degraded or down is decided in one place: :mod:`storagefs.health`."""
+    def status(self) -> ChainStatus:
+        """Facts for the health files. Whether they make the mount ok, degraded or down is
+        decided in one place: :mod:`storagefs.health`."""
         journal = self.journal.stats()
         replay = self.replayer.stats()
         remotes = []
         for index, remote in enumerate(self.remotes):
-            state = self.state_of[remote.name]
             queue = journal["targets"].get(remote.name, {})
             role = "primary" if index == 0 else "secondary" if index == 1 else f"remote{index}"
             remotes.append(
-                {
-                    "name": remote.name,
-                    "role": role,
-                    "backend": remote.describe(),
-                    "reachable": state.reachable,
-                    "since": state.reachable_since,
-                    "failures": state.failures,
-                    "last_error": state.last_error_text(),
-                    "replay": replay[remote.name],
-                    "pending_ops": queue.get("pending_ops", 0),
-                    "pending_bytes": queue.get("pending_bytes", 0),
-                    "oldest_pending_age": queue.get("oldest_age"),
-                }
+                RemoteView(
+                    name=remote.name,
+                    role=role,
+                    backend=remote.describe(),
+                    state=self.state_of[remote.name].snapshot(),
+                    replay=replay[remote.name],
+                    pending_ops=queue.get("pending_ops", 0),
+                    pending_bytes=queue.get("pending_bytes", 0),
+                    oldest_pending_age=queue.get("oldest_age"),
+                )
             )
-        return {
-            "name": self.name,
-            "write_mode": self.settings.write_mode,
-            "remotes": remotes,
-            "journal": journal,
-            "cache": self.cache.stats(),
-            "stale_reads": self.stale_reads,
-            "last_stale_read": self.last_stale_read,
-            "journal_only_writes": self.journal_only_writes,
-        }
+        return ChainStatus(
+            name=self.name,
+            write_mode=self.settings.write_mode,
+            remotes=tuple(remotes),
+            journal=journal,
+            cache=self.cache.stats(),
+            stale_reads=self.stale_reads,
+            last_stale_read=self.last_stale_read,
+            journal_only_writes=self.journal_only_writes,
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RemoteView:
+    """One remote as the chain sees it: its state, its replay, what the journal owes it."""
+
+    name: str
+    role: str  # "primary", "secondary", "remote<N>"
+    backend: str  # describe()
+    state: RemoteSnapshot
+    replay: TargetSnapshot
+    pending_ops: int
+    pending_bytes: int
+    oldest_pending_age: float | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ChainStatus:
+    """One reading of the chain for the health report."""
+
+    name: str
+    write_mode: str
+    remotes: tuple[RemoteView, ...]
+    journal: Mapping[str, Any]  # Journal.stats(): the journal's own figures
+    cache: Mapping[str, Any]  # Cache.stats()
+    stale_reads: int
+    last_stale_read: float | None  # wall clock
+    journal_only_writes: int
