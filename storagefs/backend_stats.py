@@ -11,7 +11,7 @@ import dataclasses
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 # Messages are cut so one odd SDK message cannot blow up a health file or a log line.
@@ -203,6 +203,11 @@ class RemoteState:
 
     # --- readers --------------------------------------------------------------------------
 
+    def last_error_text(self) -> str | None:
+        """The last error as "Type: message", or None."""
+        err = self.last_error
+        return f"{err.type}: {err.message}" if err is not None else None
+
     def success_rate(self) -> float | None:
         """Share of answered operations among the last ``window`` ones; None before any."""
         if not self._outcomes:
@@ -227,17 +232,69 @@ class RemoteState:
             return None
         return max(0.0, self.reset_timeout - (self._clock() - self.opened_at))
 
-    def snapshot(self) -> dict[str, Any]:
-        """Everything above as plain JSON-ready values."""
+    def snapshot(self) -> RemoteSnapshot:
+        """Everything above, frozen (what other layers read: never this live object's fields)."""
         latency = {}
         for op in sorted(self._latencies):
             figures = self.latency(op)
             if figures is not None:
-                latency[op] = dataclasses.asdict(figures)
+                latency[op] = figures
+        unwell = self.unwell()
+        return RemoteSnapshot(
+            backend=self.backend,
+            breaker=self.breaker_state,
+            probe_in_s=self.probe_in(),
+            consecutive_failures=self.consecutive_failures,
+            in_flight=self.in_flight,
+            successes=self.successes,
+            failures=self.failures,
+            rejected=self.rejected,
+            retries=self.retries,
+            timeouts=self.timeouts,
+            success_rate=self.success_rate(),
+            window=len(self._outcomes),
+            latency_s=latency,
+            last_error=self.last_error,
+            reachable=self.reachable,
+            reachable_since=self.reachable_since,
+            unwell=unwell,
+            unwell_reason=self.unwell_reason if unwell else None,
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RemoteSnapshot:
+    """One reading of a :class:`RemoteState`."""
+
+    backend: str
+    breaker: str  # "closed", "open", "half-open"
+    probe_in_s: float | None  # seconds until an open breaker lets a probe through
+    consecutive_failures: int
+    in_flight: int
+    successes: int
+    failures: int
+    rejected: int
+    retries: int
+    timeouts: int
+    success_rate: float | None
+    window: int
+    latency_s: Mapping[str, Latency]
+    last_error: LastError | None
+    reachable: bool | None  # None: not asked yet
+    reachable_since: float | None  # wall clock
+    unwell: bool  # reads ask it last
+    unwell_reason: str | None
+
+    def last_error_text(self) -> str | None:
+        err = self.last_error
+        return f"{err.type}: {err.message}" if err is not None else None
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON values: the ``stats`` of ``/.health/backends/<name>.json``."""
         return {
             "backend": self.backend,
-            "breaker": self.breaker_state,
-            "probe_in_s": self.probe_in(),
+            "breaker": self.breaker,
+            "probe_in_s": self.probe_in_s,
             "consecutive_failures": self.consecutive_failures,
             "in_flight": self.in_flight,
             "successes": self.successes,
@@ -245,10 +302,10 @@ class RemoteState:
             "rejected": self.rejected,
             "retries": self.retries,
             "timeouts": self.timeouts,
-            "success_rate": self.success_rate(),
-            "unwell": self.unwell(),
-            "unwell_reason": self.unwell_reason if self.unwell() else None,
-            "window": len(self._outcomes),
-            "latency_s": latency,
+            "success_rate": self.success_rate,
+            "unwell": self.unwell,
+            "unwell_reason": self.unwell_reason,
+            "window": self.window,
+            "latency_s": {op: dataclasses.asdict(f) for op, f in self.latency_s.items()},
             "last_error": dataclasses.asdict(self.last_error) if self.last_error else None,
         }

@@ -33,7 +33,7 @@ from typing import Any, Generic, TypeVar
 import trio
 
 from storagefs import chain_listing as listing
-from storagefs.backend_stats import RemoteState
+from storagefs.backend_stats import RemoteSnapshot, RemoteState
 from storagefs.backends.base import (
     Backend,
     BackendError,
@@ -49,7 +49,7 @@ from storagefs.backends.base import (
 from storagefs.cache import Cache
 from storagefs.config import Settings
 from storagefs.journal import ContentGone, Entry, Journal, Op
-from storagefs.replay import Outcome, Replayer, Result
+from storagefs.replay import Outcome, Replayer, Result, TargetSnapshot
 from storagefs.resilience import RetryPolicy, answerable_elsewhere
 
 T = TypeVar("T")
@@ -76,29 +76,6 @@ class _Reply(Generic[T]):
     index: int
     value: T | None = None
     error: Exception | None = None
-
-
-class RemoteHealth:
-    """What the chain last saw of one remote (from its own calls and the replayer's)."""
-
-    __slots__ = ("failures", "last_error", "last_failure", "reachable", "since")
-
-    def __init__(self) -> None:
-        self.reachable: bool | None = None  # None: not asked yet
-        self.last_error: str | None = None
-        self.since: float | None = None  # wall clock of the last change of `reachable`
-        self.last_failure: float | None = None  # time.monotonic() of the last failure
-        self.failures = 0
-
-    def saw(self, error: BaseException | None) -> None:
-        ok = error is None
-        if self.reachable is not ok:
-            self.since = time.time()
-        self.reachable = ok
-        if error is not None:
-            self.failures += 1
-            self.last_failure = time.monotonic()
-            self.last_error = f"{type(error).__name__}: {error}"[:300]
 
 
 class _PrimaryUpload:
@@ -163,9 +140,9 @@ class FallbackChain:
         self.journal = journal
         self.cache = cache
         self.settings = settings
-        self.health_of = {name: RemoteHealth() for name in names}
-        # The state each remote's ResilientBackend keeps; a bare backend (tests, tools) gets
-        # one the chain feeds itself from what its calls see.
+        # Reachability lives in one place: the RemoteState each remote's ResilientBackend
+        # keeps (read order, hedging, /.health all read it). A bare backend (tests, tools)
+        # gets one that the chain feeds itself from what its calls see.
         policy = RetryPolicy.from_settings(settings)
         self.state_of: dict[str, RemoteState] = {}
         self._chain_fed: set[str] = set()
@@ -229,10 +206,12 @@ class FallbackChain:
                     "%s (%s) is not answering at start: %s; continuing without it",
                     remote.name, remote.describe(), exc,
                 )  # fmt: skip
-                self.health_of[remote.name].saw(exc)
+                state = self.state_of[remote.name]  # open() is not an operation it counts
+                state.record_error("open", exc)
+                state.failed(f"{type(exc).__name__}: {exc}")
                 self.replayer.mark_down(remote.name, exc)
             else:
-                self.health_of[remote.name].saw(None)
+                self.state_of[remote.name].answered()
 
     async def close(self) -> None:
         for remote in self.remotes:
@@ -334,7 +313,8 @@ class FallbackChain:
     # --- reachability -----
 
     def _saw(self, name: str, error: BaseException | None) -> None:
-        self.health_of[name].saw(error)
+        """What a call to remote ``name`` showed (None: it answered). A ResilientBackend has
+        recorded it in its state already; a bare backend's state is fed here."""
         if error is not None:
             self._unwell_seen.set()
         if name in self._chain_fed:
@@ -342,14 +322,21 @@ class FallbackChain:
             if error is None:
                 state.answered()
             else:
+                state.record_error("call", error)
                 state.failed(f"{type(error).__name__}: {error}")
         if error is None and not self.replayer.is_up(name):
             self.replayer.kick(name)  # it answers us again: let the replayer probe it now
 
     def _replayed(self, name: str, error: BaseException | None) -> None:
-        self.health_of[name].saw(error)
         if error is not None:
             self._unwell_seen.set()
+        if name in self._chain_fed:
+            state = self.state_of[name]
+            if error is None:
+                state.answered()
+            else:
+                state.record_error("replay", error)
+                state.failed(f"{type(error).__name__}: {error}")
 
     def _read_order(self) -> builtins.list[Backend]:
         """The remotes in chain order, except that unwell ones (breaker not closed, or failed
@@ -476,29 +463,6 @@ class FallbackChain:
 
     # --- reads -----
 
-    def _where(self, key: str, entry: Entry | None, remote: Backend) -> str | Entry | None:
-        """Where the content ``key`` has now is, for a read through ``remote``: a key on that
-        remote, a pending PUT (its content is in the journal), or None (deleted).
-
-        ``entry`` is the newest pending entry of ``key``. A pending COPY's content is its
-        source's as of the copy: on a remote that has not applied the copy yet, that is the
-        source key there (later changes to the source wait for the copy) — unless an older
-        entry of the source is pending on that remote too, which is then followed instead.
-        """
-        while entry is not None:
-            if entry.op is Op.PUT:
-                return entry
-            if entry.op is Op.DELETE:
-                return None
-            if not self.journal.is_pending(entry.seq, remote.name):
-                return entry.key
-            assert entry.src is not None
-            key = entry.src
-            entry = self.journal.latest_before(key, entry.seq)
-            if entry is not None and not self.journal.is_pending(entry.seq, remote.name):
-                return key
-        return key
-
     async def _through(
         self,
         op: str,
@@ -510,9 +474,9 @@ class FallbackChain:
         hedge: bool = True,
     ) -> T:
         """The first answer for ``key`` from the remotes (see :meth:`_race`), each asked
-        where :meth:`_where` says; _AllDown when none answers."""
+        where the journal says (:meth:`Journal.resolve`); _AllDown when none answers."""
         order = self._read_order()
-        where = self._where(key, entry, order[0])
+        where = self.journal.resolve(key, entry, order[0].name)
         if where is None:
             await trio.lowlevel.checkpoint()
             raise NotFound(key)
@@ -520,7 +484,7 @@ class FallbackChain:
             return await local_op(where)
 
         async def ask(remote: Backend) -> T:
-            where = self._where(key, entry, remote)
+            where = self.journal.resolve(key, entry, remote.name)
             if where is None:
                 await trio.lowlevel.checkpoint()
                 raise NotFound(key)
@@ -912,51 +876,62 @@ class FallbackChain:
 
     # --- health -----
 
-    def status(self) -> dict[str, Any]:
-        """A snapshot for the health files (plain JSON types)."""
+    def status(self) -> ChainStatus:
+        """Facts for the health files. Whether they make the mount ok, degraded or down is
+        decided in one place: :mod:`storagefs.health`."""
         journal = self.journal.stats()
         replay = self.replayer.stats()
         remotes = []
-        reasons: builtins.list[str] = []
         for index, remote in enumerate(self.remotes):
-            health = self.health_of[remote.name]
             queue = journal["targets"].get(remote.name, {})
             role = "primary" if index == 0 else "secondary" if index == 1 else f"remote{index}"
             remotes.append(
-                {
-                    "name": remote.name,
-                    "role": role,
-                    "backend": remote.describe(),
-                    "reachable": health.reachable,
-                    "since": health.since,
-                    "failures": health.failures,
-                    "last_error": health.last_error,
-                    "replay": replay[remote.name],
-                    "pending_ops": queue.get("pending_ops", 0),
-                    "pending_bytes": queue.get("pending_bytes", 0),
-                    "oldest_pending_age": queue.get("oldest_age"),
-                }
+                RemoteView(
+                    name=remote.name,
+                    role=role,
+                    backend=remote.describe(),
+                    state=self.state_of[remote.name].snapshot(),
+                    replay=replay[remote.name],
+                    pending_ops=queue.get("pending_ops", 0),
+                    pending_bytes=queue.get("pending_bytes", 0),
+                    oldest_pending_age=queue.get("oldest_age"),
+                )
             )
-            if health.reachable is False or not replay[remote.name]["up"]:
-                reasons.append(f"{role} {remote.name} is not answering: {health.last_error}")
-        if journal["quarantined"]:
-            reasons.append(
-                f"{journal['quarantined']} journal entries quarantined in"
-                f" {self.journal.quarantine_dir}"
-            )
-        if journal["pending_bytes"] > 0.9 * journal["max_bytes"]:
-            reasons.append("journal over 90% full: writes will soon fail with ENOSPC")
-        if self.stale_reads and any(r["reachable"] is False for r in remotes):
-            reasons.append(f"{self.stale_reads} reads served from the local cache (may be stale)")
-        return {
-            "name": self.name,
-            "write_mode": self.settings.write_mode,
-            "degraded": bool(reasons),
-            "degraded_reasons": reasons,
-            "remotes": remotes,
-            "journal": journal,
-            "cache": self.cache.stats(),
-            "stale_reads": self.stale_reads,
-            "last_stale_read": self.last_stale_read,
-            "journal_only_writes": self.journal_only_writes,
-        }
+        return ChainStatus(
+            name=self.name,
+            write_mode=self.settings.write_mode,
+            remotes=tuple(remotes),
+            journal=journal,
+            cache=self.cache.stats(),
+            stale_reads=self.stale_reads,
+            last_stale_read=self.last_stale_read,
+            journal_only_writes=self.journal_only_writes,
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RemoteView:
+    """One remote as the chain sees it: its state, its replay, what the journal owes it."""
+
+    name: str
+    role: str  # "primary", "secondary", "remote<N>"
+    backend: str  # describe()
+    state: RemoteSnapshot
+    replay: TargetSnapshot
+    pending_ops: int
+    pending_bytes: int
+    oldest_pending_age: float | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ChainStatus:
+    """One reading of the chain for the health report."""
+
+    name: str
+    write_mode: str
+    remotes: tuple[RemoteView, ...]
+    journal: Mapping[str, Any]  # Journal.stats(): the journal's own figures
+    cache: Mapping[str, Any]  # Cache.stats()
+    stale_reads: int
+    last_stale_read: float | None  # wall clock
+    journal_only_writes: int

@@ -505,10 +505,11 @@ async def opened_stack(settings: Settings) -> AsyncIterator[Stack]:
 
 
 def _require_a_remote(chain: FallbackChain) -> None:
-    seen = [(r, chain.health_of[r.name]) for r in chain.remotes]
-    if all(health.reachable is False for _, health in seen):
-        remote, health = seen[0]
-        raise DownloadError(f"cannot reach {remote.describe()}: {health.last_error or 'no answer'}")
+    seen = [(r, chain.state_of[r.name]) for r in chain.remotes]
+    if all(state.reachable is False for _, state in seen):
+        remote, state = seen[0]
+        reason = state.last_error_text() or "no answer"
+        raise DownloadError(f"cannot reach {remote.describe()}: {reason}")
 
 
 async def download_with_settings(

@@ -14,6 +14,7 @@ The state rules (docs/HEALTH.md explains them to users):
   served from the local cache and writes land in the journal, but nothing reaches a store.
 * **degraded**: not down, and any of: a remote unavailable; a remote whose last operations
   failed after all retries (``consecutive_failures > 0``) though its breaker is still closed;
+  a remote unwell (the chain asks it last: see :class:`storagefs.backend_stats.RemoteState`);
   the replayer paused for a remote; journal entries a remote has not applied for more than
   ``backlog_age`` seconds; the journal over ``journal_full_ratio`` of its limit; quarantined
   journal entries; reads served stale from the cache within the last ``stale_window`` seconds;
@@ -39,6 +40,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from storagefs import exit_codes
 from storagefs import metric_names as m
+from storagefs.backend_stats import RemoteSnapshot
+from storagefs.chain import ChainStatus, RemoteView
 from storagefs.redact import redact
 
 log = logging.getLogger("storagefs.health")
@@ -58,7 +61,7 @@ _ROLES = {0: "primary", 1: "secondary"}  # as the chain names them
 
 
 class _Stats(Protocol):
-    def snapshot(self) -> Mapping[str, Any]: ...
+    def snapshot(self) -> RemoteSnapshot: ...
 
 
 class MonitoredBackend(Protocol):
@@ -74,8 +77,8 @@ class MonitoredBackend(Protocol):
     def breaker_state(self) -> str: ...
 
 
-class ChainStatus(Protocol):
-    def status(self) -> Mapping[str, Any]: ...
+class ChainSource(Protocol):
+    def status(self) -> ChainStatus: ...
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -163,7 +166,6 @@ class Snapshot:
     journal_only_writes: int
     core: CoreFigures
     report_errors: int
-    chain_reasons: list[str]
     rules: HealthRules
     secondary: dict[str, Any] | None = None  # reconciliation (storagefs.sync), when it runs
 
@@ -184,7 +186,6 @@ class Snapshot:
             "failed_uploads": self.core.failed_uploads,
             "abandoned_uploads": self.core.abandoned_uploads,
             "invalid_keys": self.core.invalid_keys,
-            "chain_reasons": self.chain_reasons,
             "rules": dataclasses.asdict(self.rules),
         }
         if self.secondary is not None:
@@ -205,7 +206,7 @@ class HealthReport:
     def __init__(
         self,
         backends: Sequence[MonitoredBackend] = (),
-        chain: ChainStatus | None = None,
+        chain: ChainSource | None = None,
         *,
         core: Callable[[], CoreFigures] | None = None,
         rules: HealthRules | None = None,
@@ -231,8 +232,7 @@ class HealthReport:
         """The files :meth:`files` returns, without computing them (for directory listings)."""
         names = [STATUS_FILE, JOURNAL_FILE, CACHE_FILE, METRICS_FILE]
         try:
-            status = self.chain.status() if self.chain is not None else {}
-            remote_names = [str(r.get("name")) for r in status.get("remotes", ()) if r]
+            remote_names = [r.name for r in self.chain.status().remotes] if self.chain else []
         except Exception:
             remote_names = []
         seen = dict.fromkeys([*remote_names, *(b.name for b in self.backends)])
@@ -284,29 +284,28 @@ class HealthReport:
 
     def snapshot(self) -> Snapshot:
         problems: list[str] = []
-        chain = _map(self._read("chain", self._chain_status, problems))
-        stats: dict[str, tuple[Mapping[str, Any], str | None]] = {}
+        read = self._read("chain", self._chain_status, problems)
+        chain = read if isinstance(read, ChainStatus) else None
+        stats: dict[str, RemoteSnapshot] = {}
         for backend in self.backends:
             snap = self._read(f"backend {backend.name}", _stats_reader(backend), problems)
-            breaker = self._read(f"backend {backend.name}", _breaker_reader(backend), [])
-            stats[backend.name] = (_map(snap), str(breaker) if breaker is not None else None)
+            if isinstance(snap, RemoteSnapshot):
+                stats[backend.name] = snap
         core = self._read("core", self.core, problems) if self.core else None
         core = core if isinstance(core, CoreFigures) else CoreFigures()
 
-        journal = _journal_doc(_map(chain.get("journal")), chain)
-        cache = _cache_doc(_map(chain.get("cache")))
-        remotes, backends = self._remotes(chain, stats, journal)
-        stale_reads = _int(chain.get("stale_reads"))
-        stale_recent = self._recent_stale(stale_reads, chain.get("last_stale_read"))
+        views = chain.remotes if chain is not None else ()
+        journal = _journal_doc(chain.journal if chain else {}, views, chain)
+        cache = _cache_doc(chain.cache if chain else {})
+        remotes, backends = self._remotes(views, stats, journal)
+        stale_reads = chain.stale_reads if chain else 0
+        stale_recent = self._recent_stale(stale_reads, chain.last_stale_read if chain else None)
 
         reasons = self._reasons(remotes, backends, journal, stale_recent)
         secondary = self._read("secondary", self.sync, problems) if self.sync else None
         secondary = dict(secondary) if isinstance(secondary, Mapping) else None
         if secondary and secondary.get("reason"):  # a secondary that lacks objects
             reasons.append(str(secondary["reason"]))
-        chain_reasons = [str(r) for r in chain.get("degraded_reasons", ()) or ()]
-        if chain_reasons and not reasons:  # the chain knows of a problem our rules do not
-            reasons.extend(chain_reasons)
         reasons.extend(problems)
         if remotes and not any(r["available"] for r in remotes):
             status = DOWN
@@ -323,62 +322,59 @@ class HealthReport:
             cache=cache,
             stale_reads=stale_reads,
             stale_reads_recent=stale_recent,
-            journal_only_writes=_int(chain.get("journal_only_writes")),
+            journal_only_writes=chain.journal_only_writes if chain else 0,
             core=core,
             report_errors=self.errors,
-            chain_reasons=chain_reasons,
             rules=self.rules,
             secondary=secondary,
         )
 
-    def _chain_status(self) -> Mapping[str, Any]:
-        return self.chain.status() if self.chain is not None else {}
+    def _chain_status(self) -> ChainStatus | None:
+        return self.chain.status() if self.chain is not None else None
 
     def _remotes(
         self,
-        chain: Mapping[str, Any],
-        stats: Mapping[str, tuple[Mapping[str, Any], str | None]],
+        views: Sequence[RemoteView],
+        stats: Mapping[str, RemoteSnapshot],
         journal: Mapping[str, Any],
     ) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
-        seen: dict[str, Mapping[str, Any]] = {}
-        for remote in chain.get("remotes", ()) or ():
-            remote = _map(remote)
-            if remote.get("name") is not None:
-                seen[str(remote["name"])] = remote
-        for name in stats:
-            seen.setdefault(name, {})
+        seen = {view.name: view for view in views}
+        names = list(dict.fromkeys([*seen, *stats]))
         remotes: list[dict[str, Any]] = []
         backends: dict[str, dict[str, Any]] = {}
-        for index, (name, view) in enumerate(seen.items()):
-            snap, breaker = stats.get(name, ({}, None))
-            breaker = breaker or (str(snap["breaker"]) if snap.get("breaker") else None)
-            reachable = view.get("reachable")
-            unwell = snap.get("unwell") is True
+        for index, name in enumerate(names):
+            view = seen.get(name)
+            snap = stats.get(name) or (view.state if view is not None else None)
+            # A breaker exists only behind a ResilientBackend (one of self.backends).
+            breaker = stats[name].breaker if name in stats else None
+            # Reachability as the chain's calls and the replayer's saw it; without a chain,
+            # unknown (the breaker and the failure counts speak instead).
+            reachable = view.state.reachable if view is not None else None
+            unwell = snap.unwell if snap is not None else False
             available = breaker in (None, "closed") and reachable is not False
-            role = str(view.get("role") or _ROLES.get(index, f"remote{index}"))
+            role = view.role if view is not None else _ROLES.get(index, f"remote{index}")
             queue = _map(_map(journal.get("backends")).get(name))
-            replay = _map(view.get("replay"))
             summary = {
                 "name": name,
                 "role": role,
                 "available": available,
+                "unwell": unwell,
                 "breaker": breaker,
                 "reachable": reachable,
-                "unwell": unwell,
-                "consecutive_failures": _int(snap.get("consecutive_failures")),
-                "success_rate": _num(snap.get("success_rate")),
+                "consecutive_failures": snap.consecutive_failures if snap else 0,
+                "success_rate": snap.success_rate if snap else None,
                 "pending_ops": _int(queue.get("pending_ops")),
-                "last_error": _last_error(snap, view),
+                "last_error": _last_error(snap),
             }
             remotes.append(summary)
             backends[name] = {
                 **summary,
-                "describe": view.get("backend"),
-                "reachable_since": _num(view.get("since")),
-                "replay": dict(replay) if replay else None,
+                "describe": view.backend if view is not None else None,
+                "reachable_since": view.state.reachable_since if view is not None else None,
+                "replay": view.replay.to_json() if view is not None else None,
                 "pending_bytes": _int(queue.get("pending_bytes")),
                 "oldest_pending_age_s": _num(queue.get("oldest_age_s")),
-                "stats": dict(snap),
+                "stats": snap.to_json() if snap is not None else {},
             }
         return remotes, backends
 
@@ -416,28 +412,15 @@ class HealthReport:
         return reasons
 
 
-def _stats_reader(backend: MonitoredBackend) -> Callable[[], Mapping[str, Any]]:
+def _stats_reader(backend: MonitoredBackend) -> Callable[[], RemoteSnapshot]:
     return lambda: backend.stats.snapshot()
 
 
-def _breaker_reader(backend: MonitoredBackend) -> Callable[[], str]:
-    return lambda: backend.breaker_state
-
-
-def _last_error(snap: Mapping[str, Any], view: Mapping[str, Any]) -> dict[str, Any] | None:
-    err = _map(snap.get("last_error"))
-    if err:
-        return {
-            "op": err.get("op"),
-            "type": err.get("type"),
-            "message": err.get("message"),
-            "at": _num(err.get("at")),
-        }
-    text = view.get("last_error")
-    if isinstance(text, str) and text:  # the chain keeps "Type: message"
-        kind, _, message = text.partition(": ")
-        return {"op": None, "type": kind, "message": message, "at": None}
-    return None
+def _last_error(snap: RemoteSnapshot | None) -> dict[str, Any] | None:
+    err = snap.last_error if snap is not None else None
+    if err is None:
+        return None
+    return {"op": err.op, "type": err.type, "message": err.message, "at": err.at}
 
 
 def _error_text(remote: Mapping[str, Any]) -> str:
@@ -499,22 +482,21 @@ def _journal_reasons(journal: Mapping[str, Any], rules: HealthRules) -> list[str
     return reasons
 
 
-def _journal_doc(raw: Mapping[str, Any], chain: Mapping[str, Any]) -> dict[str, Any]:
+def _journal_doc(
+    raw: Mapping[str, Any], views: Sequence[RemoteView], chain: ChainStatus | None
+) -> dict[str, Any]:
     per_backend: dict[str, dict[str, Any]] = {}
-    replay_of = {
-        str(_map(r).get("name")): _map(_map(r).get("replay"))
-        for r in chain.get("remotes", ()) or ()
-    }
+    replay_of = {view.name: view.replay for view in views}
     for name, queue in _map(raw.get("targets")).items():
         queue = _map(queue)
-        replay = replay_of.get(str(name), {})
+        replay = replay_of.get(str(name))
         per_backend[str(name)] = {
             "pending_ops": _int(queue.get("pending_ops")),
             "pending_bytes": _int(queue.get("pending_bytes")),
             "oldest_age_s": _num(queue.get("oldest_age")),
-            "replay_up": replay.get("up") if replay else None,
-            "applied": _int(replay.get("applied")),
-            "quarantined": _int(replay.get("quarantined")),
+            "replay_up": replay.up if replay is not None else None,
+            "applied": replay.applied if replay is not None else 0,
+            "quarantined": replay.quarantined if replay is not None else 0,
         }
     return {
         "pending_entries": _int(raw.get("pending_entries")),
@@ -523,7 +505,7 @@ def _journal_doc(raw: Mapping[str, Any], chain: Mapping[str, Any]) -> dict[str, 
         "oldest_age_s": _num(raw.get("oldest_age")),
         "quarantined": _int(raw.get("quarantined")),
         "recovered_orphans": _int(raw.get("recovered_orphans")),
-        "write_mode": chain.get("write_mode"),
+        "write_mode": chain.write_mode if chain is not None else None,
         "backends": per_backend,
     }
 

@@ -737,6 +737,31 @@ class Journal:
         index = bisect.bisect_left(seqs, seq)
         return self._entries[seqs[index - 1]] if index > 0 else None
 
+    def resolve(self, key: str, entry: Entry | None, target: str) -> str | Entry | None:
+        """The journal overlay for a read of ``key`` through ``target``: where the content
+        ``key`` has now is — a key on that target, a pending PUT (its content is here), or
+        None (deleted).
+
+        ``entry`` is the newest pending entry of ``key`` (:meth:`latest`, read once by the
+        caller so every target is judged against the same state). A pending COPY's content is
+        its source's as of the copy: on a target that has not applied the copy yet, that is
+        the source key there (later changes to the source wait for the copy) — unless an older
+        entry of the source is pending on that target too, which is then followed instead.
+        """
+        while entry is not None:
+            if entry.op is Op.PUT:
+                return entry
+            if entry.op is Op.DELETE:
+                return None
+            if not self.is_pending(entry.seq, target):
+                return entry.key
+            assert entry.src is not None
+            key = entry.src
+            entry = self.latest_before(key, entry.seq)
+            if entry is not None and not self.is_pending(entry.seq, target):
+                return key
+        return key
+
     def latest_under(self, prefix: str) -> dict[str, Entry]:
         """Newest pending entry per key starting with ``prefix``."""
         return {

@@ -147,9 +147,9 @@ def _refuse_unusable_start(stack: Stack) -> None:
     if len(chain.remotes) > 1 or not chain.journal.drained():
         return
     primary = chain.remotes[0]
-    seen = chain.health_of[primary.name]
+    seen = chain.state_of[primary.name]
     if seen.reachable is False:
-        reason = (seen.last_error or "no answer").removeprefix("TransientError: ")
+        reason = (seen.last_error_text() or "no answer").removeprefix("TransientError: ")
         if not reason.startswith("cannot reach"):
             reason = f"cannot reach {primary.describe()}: {reason}"
         raise ConfigurationError(reason)

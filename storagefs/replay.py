@@ -446,17 +446,33 @@ class Replayer:
 
     # --- reporting -----
 
-    def stats(self) -> dict[str, dict[str, Any]]:
+    def stats(self) -> dict[str, TargetSnapshot]:
         now = trio.current_time()
         return {
-            name: {
-                "up": s.up,
-                "in_flight": len(s.in_flight),
-                "applied": s.applied,
-                "failures": s.failures,
-                "quarantined": s.quarantined,
-                "last_error": s.last_error,
-                "retry_in": None if s.up else round(max(0.0, s.retry_at - now), 3),
-            }
+            name: TargetSnapshot(
+                up=s.up,
+                in_flight=len(s.in_flight),
+                applied=s.applied,
+                failures=s.failures,
+                quarantined=s.quarantined,
+                last_error=s.last_error,
+                retry_in=None if s.up else round(max(0.0, s.retry_at - now), 3),
+            )
             for name, s in self.state.items()
         }
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TargetSnapshot:
+    """One reading of the replayer's work for one target."""
+
+    up: bool  # False: paused after a failure, probing after ``retry_in`` seconds
+    in_flight: int
+    applied: int
+    failures: int
+    quarantined: int
+    last_error: str | None
+    retry_in: float | None
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

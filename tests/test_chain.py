@@ -25,6 +25,7 @@ from storagefs.backends.base import (
 )
 from storagefs.chain import FallbackChain
 from storagefs.config import Settings
+from storagefs.health import HealthReport
 from storagefs.resilience import ResilientBackend, RetryPolicy
 from tests.fakes import MemoryBackend
 from tests.fault_injection import FaultyBackend
@@ -89,6 +90,11 @@ async def list_all(chain: FallbackChain, prefix: str = "", limit: int = 1000) ->
             return ListPage(objects, prefixes, None)
 
 
+def verdict(chain: FallbackChain) -> str:
+    """ok / degraded / down, as the health files would say (the chain only reports facts)."""
+    return HealthReport(chain=chain).snapshot().status
+
+
 def keys(page: ListPage) -> list[str]:
     return [o.key for o in page.objects]
 
@@ -109,8 +115,8 @@ async def test_reads_fall_back_to_the_secondary(tmp_path: Path) -> None:
         page = await chain.list("")
         assert keys(page) == ["old"] and page.prefixes == ["d/"]
         status = chain.status()
-        assert status["remotes"][0]["reachable"] is False and status["degraded"]
-        assert status["remotes"][1]["reachable"] is True
+        assert status.remotes[0].state.reachable is False and verdict(chain) == "degraded"
+        assert status.remotes[1].state.reachable is True
         primary.set_up()
         await trio.sleep(0.06)  # a remote that just failed is asked last for breaker_reset
         assert await chain.read("old", 0, 100) == b"from primary"
@@ -141,7 +147,7 @@ async def test_all_down_reads_cache_writes_journal_then_everything_arrives(
 
         # Reads: the clean cached copy, counted as stale.
         assert await chain.read("cached", 0, 100) == b"clean copy"
-        assert chain.stale_reads == 1 and chain.status()["last_stale_read"] is not None
+        assert chain.stale_reads == 1 and chain.status().last_stale_read is not None
         with pytest.raises(BackendUnavailable):
             await chain.read("never-seen", 0, 10)
 
@@ -162,8 +168,8 @@ async def test_all_down_reads_cache_writes_journal_then_everything_arrives(
         assert chain.journal_only_writes == 5
         assert not await chain.flush(0.2)
         status = chain.status()
-        assert status["degraded"] and status["journal"]["pending_entries"] == 5
-        assert status["remotes"][0]["pending_ops"] == 5
+        assert verdict(chain) == "down" and status.journal["pending_entries"] == 5
+        assert status.remotes[0].pending_ops == 5
 
         primary.set_up()
         secondary.set_up()
@@ -367,7 +373,7 @@ async def test_permanent_error_is_raised_and_quarantined(tmp_path: Path) -> None
             await chain.write_bytes("refused", b"x", META)
         assert await chain.flush(5)  # nothing left to retry
         assert chain.journal.stats()["quarantined"] == 2  # the primary's, and the abandoned rest
-        assert chain.status()["degraded"]
+        assert verdict(chain) == "degraded"
         with pytest.raises(NotFound):
             await chain.stat("refused")
         quarantine = chain.journal.quarantine_dir
@@ -381,7 +387,7 @@ async def test_permanent_error_in_write_back_mode(tmp_path: Path) -> None:
     async with running(tmp_path, (primary, secondary), write_mode="back") as chain:
         await chain.write_bytes("refused", b"x", META)  # journaled: the caller hears success
         assert await chain.flush(5)
-        assert chain.replayer.stats()["primary"]["quarantined"] == 1
+        assert chain.replayer.stats()["primary"].quarantined == 1
         assert chain.journal.stats()["quarantined"] == 1
         assert primary.calls["write_bytes"] == 1  # not retried forever
     assert "refused" not in store(primary).objects
@@ -396,7 +402,7 @@ async def test_full_journal_refuses_writes(tmp_path: Path) -> None:
         with pytest.raises(NoSpace):
             await chain.write_bytes("b", bytes(10_000), META)
         assert "b" not in store(primary).objects
-        assert any("full" in r for r in chain.status()["degraded_reasons"])
+        assert any("full" in r for r in HealthReport(chain=chain).snapshot().reasons)
         secondary.set_up()
         assert await chain.flush(5)
         await chain.write_bytes("b", bytes(10_000), META)  # room again once replayed
@@ -419,7 +425,7 @@ async def test_content_that_rots_before_upload_is_quarantined(tmp_path: Path) ->
         secondary.set_up()
         assert await chain.flush(5)
         assert chain.journal.stats()["quarantined"] == 2  # one per target, none uploaded
-        assert chain.replayer.stats()["primary"]["quarantined"] == 1
+        assert chain.replayer.stats()["primary"].quarantined == 1
     assert contents(primary) == contents(secondary) == {"fine": b"ok"}
 
 
@@ -440,13 +446,13 @@ async def test_degraded_start_and_recovery(tmp_path: Path) -> None:
     primary.set_down(BackendUnavailable)
     async with running(tmp_path, (primary, secondary)) as chain:
         status = chain.status()
-        assert status["remotes"][0]["reachable"] is False and status["degraded"]
+        assert status.remotes[0].state.reachable is False and verdict(chain) == "degraded"
         assert await chain.read("seen", 0, 100) == b"on secondary"
         await chain.write_bytes("a", b"x", META)
         primary.set_up()
         assert await chain.flush(5)
         assert contents(primary) == {"a": b"x"}
-        assert not chain.status()["degraded"]
+        assert verdict(chain) == "ok"
 
 
 async def test_pending_writes_survive_a_restart(tmp_path: Path) -> None:
@@ -528,21 +534,10 @@ async def test_status_shape(tmp_path: Path) -> None:
     async with running(tmp_path, (primary, secondary)) as chain:
         await chain.write_bytes("a", b"x", META)
         status = chain.status()
-    assert set(status) == {
-        "name",
-        "write_mode",
-        "degraded",
-        "degraded_reasons",
-        "remotes",
-        "journal",
-        "cache",
-        "stale_reads",
-        "last_stale_read",
-        "journal_only_writes",
-    }
-    assert [r["role"] for r in status["remotes"]] == ["primary", "secondary"]
-    assert status["cache"]["objects"] == 1 and status["journal"]["max_bytes"] > 0
-    assert status["remotes"][0]["replay"]["applied"] == 1
+    assert [r.role for r in status.remotes] == ["primary", "secondary"]
+    assert status.cache["objects"] == 1 and status.journal["max_bytes"] > 0
+    assert status.remotes[0].replay.applied == 1
+    assert status.remotes[0].state.reachable is True
 
 
 @pytest.mark.parametrize(("seed", "mode"), [(1, "back"), (2, "through"), (3, "back")])
@@ -816,7 +811,7 @@ async def test_a_slow_primary_loses_the_hedge_but_a_prompt_probe_restores_it(
         primary.add_latency(5.0, "stat")
         await chain.stat("k")
         assert wrapped[0].state.unwell()
-        assert chain.status()["remotes"][0]["name"] == "primary"
+        assert chain.status().remotes[0].state.unwell
         primary.add_latency(0, "stat")
         await trio.sleep(3)  # the chain's probe asks the primary's health: it answers at once
         assert not wrapped[0].state.unwell()

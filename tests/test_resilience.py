@@ -416,7 +416,7 @@ async def test_in_flight_last_error_and_snapshot(autojump_clock: trio.testing.Mo
             nursery.start_soon(rb.read, "k", 0, 5)
         await trio.testing.wait_all_tasks_blocked()
         assert rb.stats.in_flight == 3
-        assert rb.stats.snapshot()["in_flight"] == 3
+        assert rb.stats.snapshot().in_flight == 3
         faulty.release()
     assert rb.stats.in_flight == 0
 
@@ -429,7 +429,7 @@ async def test_in_flight_last_error_and_snapshot(autojump_clock: trio.testing.Mo
     assert "connection reset" in last.message
     assert abs(last.at - time.time()) < 60
 
-    snap = json.loads(json.dumps(rb.stats.snapshot()))
+    snap = json.loads(json.dumps(rb.stats.snapshot().to_json()))
     assert snap["backend"] == "mem"
     assert snap["breaker"] == "closed"
     assert snap["successes"] == 4 and snap["failures"] == 1
@@ -447,9 +447,9 @@ async def test_snapshot_while_open(autojump_clock: trio.testing.MockClock) -> No
     await trip(rb, faulty)
     await trio.sleep(4)
     snap = rb.stats.snapshot()
-    assert snap["breaker"] == "open"
-    assert snap["probe_in_s"] == pytest.approx(6)
-    assert snap["consecutive_failures"] == 3
+    assert snap.breaker == "open"
+    assert snap.probe_in_s == pytest.approx(6)
+    assert snap.consecutive_failures == 3
 
 
 async def test_transfers_get_time_by_size(
