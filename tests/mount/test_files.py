@@ -79,7 +79,7 @@ SHELL_ERRORS = [
     ("mv -T f d/e", "mv: cannot overwrite directory 'd/e' with non-directory"),
     ("touch " + "n" * 256, "File name too long"),
     ("mkdir " + "n" * 300, "File name too long"),
-    ("ln -s f link", "ln: failed to create symbolic link 'link'"),
+    ("ln f hard", "ln: failed to create hard link 'hard' => 'f': Operation not permitted"),
 ]
 
 
