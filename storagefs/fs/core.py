@@ -210,10 +210,21 @@ class Filesystem:
     def _give_up(self, ofile: OpenFile) -> None:
         """Stop trying to upload ``ofile``: keep its bytes under :attr:`abandoned_dir`, say so."""
         assert ofile.staging is not None
-        self.abandoned_dir.mkdir(mode=0o700, exist_ok=True)
-        name = (ofile.node.path or "unlinked").replace("/", "%2F")
+        # The name says which file it was (its end, within the 255-byte name limit).
+        name = (ofile.node.path or "unlinked").replace("/", "%2F")[-180:]
         dest = self.abandoned_dir / f"{time.strftime('%Y%m%dT%H%M%S')}-{ofile.node.ino}-{name}"
-        ofile.staging.rename(dest)
+        try:
+            self.abandoned_dir.mkdir(mode=0o700, exist_ok=True)
+            ofile.staging.rename(dest)
+        except OSError as exc:
+            log.error(
+                "gave up uploading %s and could not keep its data (%s); it is in %s",
+                ofile.node.path,
+                exc,
+                ofile.staging,
+            )
+            ofile.staging = None  # left where it is: the next mount's cleanup would delete it
+            return
         ofile.staging = None
         log.error(
             "gave up uploading %s (last error: %s): its data is kept in %s",
@@ -1067,6 +1078,8 @@ class Filesystem:
 
     async def _rename_file(self, src: str, dst: str, node: Node) -> None:
         ofile = self._open.get(node.ino)
+        if ofile is not None and ofile.stream is not None and ofile.stream.dispatched == 0:
+            ofile.end_stream("the file was renamed")  # its parts would go under ``src``
         if ofile is not None and not ofile.stored and not ofile.unlinked:
             # A new file not uploaded yet (rsync's temporary name, an editor's save file): the
             # store has nothing at ``src``, so the rename moves the pending upload, which
@@ -1092,8 +1105,11 @@ class Filesystem:
         parallel. Dirty open files below are uploaded first so the copies carry their data."""
         for ofile in list(self._open.values()):
             p = ofile.node.path
-            if p is not None and p.startswith(src + "/") and ofile.dirty and not ofile.unlinked:
+            if p is None or not p.startswith(src + "/"):
+                continue
+            if ofile.dirty and not ofile.unlinked:
                 await self._upload(ofile)
+            ofile.end_stream("its directory was renamed")  # its parts would go under ``src``
         objects: list[ObjectInfo] = []
         token: str | None = None
         prefix = src + "/"
