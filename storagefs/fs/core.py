@@ -9,6 +9,7 @@ leave the core (:func:`_errors_converted`), so the FUSE adapter knows nothing of
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import errno
 import functools
@@ -18,7 +19,7 @@ import os
 import stat
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -97,34 +98,34 @@ def _converted(exc: BaseException) -> FSError | None:
     return as_fs_error(leaf) if isinstance(leaf, _CONVERTED) else None
 
 
+@contextlib.contextmanager
+def _at_the_edge() -> Iterator[None]:
+    """FSError for what leaves the core as a backend error, an OSError or a group of them."""
+    try:
+        yield
+    except FSError:
+        raise
+    except (*_CONVERTED, BaseExceptionGroup) as exc:
+        converted = _converted(exc)
+        if converted is None:
+            raise
+        raise converted from exc
+
+
 def _convert_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     if inspect.iscoroutinefunction(fn):
 
         @functools.wraps(fn)
         async def call_async(*args: Any, **kwargs: Any) -> Any:
-            try:
+            with _at_the_edge():
                 return await fn(*args, **kwargs)
-            except FSError:
-                raise
-            except (*_CONVERTED, BaseExceptionGroup) as exc:
-                converted = _converted(exc)
-                if converted is None:
-                    raise
-                raise converted from exc
 
         return call_async
 
     @functools.wraps(fn)
     def call(*args: Any, **kwargs: Any) -> Any:
-        try:
+        with _at_the_edge():
             return fn(*args, **kwargs)
-        except FSError:
-            raise
-        except (*_CONVERTED, BaseExceptionGroup) as exc:
-            converted = _converted(exc)
-            if converted is None:
-                raise
-            raise converted from exc
 
     return call
 
