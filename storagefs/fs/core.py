@@ -9,6 +9,7 @@ leave the core (:func:`_errors_converted`), so the FUSE adapter knows nothing of
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import errno
 import functools
@@ -18,7 +19,7 @@ import os
 import stat
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -106,34 +107,34 @@ def _converted(exc: BaseException) -> FSError | None:
     return as_fs_error(leaf) if isinstance(leaf, _CONVERTED) else None
 
 
+@contextlib.contextmanager
+def _at_the_edge() -> Iterator[None]:
+    """FSError for what leaves the core as a backend error, an OSError or a group of them."""
+    try:
+        yield
+    except FSError:
+        raise
+    except (*_CONVERTED, BaseExceptionGroup) as exc:
+        converted = _converted(exc)
+        if converted is None:
+            raise
+        raise converted from exc
+
+
 def _convert_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     if inspect.iscoroutinefunction(fn):
 
         @functools.wraps(fn)
         async def call_async(*args: Any, **kwargs: Any) -> Any:
-            try:
+            with _at_the_edge():
                 return await fn(*args, **kwargs)
-            except FSError:
-                raise
-            except (*_CONVERTED, BaseExceptionGroup) as exc:
-                converted = _converted(exc)
-                if converted is None:
-                    raise
-                raise converted from exc
 
         return call_async
 
     @functools.wraps(fn)
     def call(*args: Any, **kwargs: Any) -> Any:
-        try:
+        with _at_the_edge():
             return fn(*args, **kwargs)
-        except FSError:
-            raise
-        except (*_CONVERTED, BaseExceptionGroup) as exc:
-            converted = _converted(exc)
-            if converted is None:
-                raise
-            raise converted from exc
 
     return call
 
@@ -223,10 +224,21 @@ class Filesystem:
     def _give_up(self, ofile: OpenFile) -> None:
         """Stop trying to upload ``ofile``: keep its bytes under :attr:`abandoned_dir`, say so."""
         assert ofile.staging is not None
-        self.abandoned_dir.mkdir(mode=0o700, exist_ok=True)
-        name = (ofile.node.path or "unlinked").replace("/", "%2F")
+        # The name says which file it was (its end, within the 255-byte name limit).
+        name = (ofile.node.path or "unlinked").replace("/", "%2F")[-180:]
         dest = self.abandoned_dir / f"{time.strftime('%Y%m%dT%H%M%S')}-{ofile.node.ino}-{name}"
-        ofile.staging.rename(dest)
+        try:
+            self.abandoned_dir.mkdir(mode=0o700, exist_ok=True)
+            ofile.staging.rename(dest)
+        except OSError as exc:
+            log.error(
+                "gave up uploading %s and could not keep its data (%s); it is in %s",
+                ofile.node.path,
+                exc,
+                ofile.staging,
+            )
+            ofile.staging = None  # left where it is: the next mount's cleanup would delete it
+            return
         ofile.staging = None
         log.error(
             "gave up uploading %s (last error: %s): its data is kept in %s",
@@ -1151,6 +1163,8 @@ class Filesystem:
 
     async def _rename_file(self, src: str, dst: str, node: Node) -> None:
         ofile = self._open.get(node.ino)
+        if ofile is not None and ofile.stream is not None and ofile.stream.dispatched == 0:
+            ofile.end_stream("the file was renamed")  # its parts would go under ``src``
         if ofile is not None and not ofile.stored and not ofile.unlinked:
             # A new file not uploaded yet (rsync's temporary name, an editor's save file): the
             # store has nothing at ``src``, so the rename moves the pending upload, which
@@ -1176,8 +1190,11 @@ class Filesystem:
         parallel. Dirty open files below are uploaded first so the copies carry their data."""
         for ofile in list(self._open.values()):
             p = ofile.node.path
-            if p is not None and p.startswith(src + "/") and ofile.dirty and not ofile.unlinked:
+            if p is None or not p.startswith(src + "/"):
+                continue
+            if ofile.dirty and not ofile.unlinked:
                 await self._upload(ofile)
+            ofile.end_stream("its directory was renamed")  # its parts would go under ``src``
         objects: list[ObjectInfo] = []
         token: str | None = None
         prefix = src + "/"

@@ -170,3 +170,21 @@ async def test_a_chmod_while_streaming_is_stored(
     await fs.release(fh)
     assert backend.objects["f"][1]["mode"] == str(0o100600)
     assert ops(backend)[-2:] == ["complete", "copy"]
+
+
+async def test_a_renamed_file_streams_nothing_under_its_old_name(
+    streaming: tuple[Filesystem, StreamingMemory],
+) -> None:
+    fs, backend = streaming
+    fh, _ = await fs.create(ROOT_INODE, "old", 0o644, os.O_WRONLY, 0, 0)
+    await fs.write(fh, 0, b"head")
+    await fs.flush(fh)  # on the store as "old": a rename must move it
+    await fs.rename(ROOT_INODE, "old", ROOT_INODE, "new")
+    data = b"head" + os.urandom(3 * PART)
+    for offset in range(4, len(data), PART):
+        await fs.write(fh, offset, data[offset : offset + PART])
+    await fs.flush(fh)
+    await fs.release(fh)
+    assert ("start_upload", "old") not in backend.calls
+    assert set(backend.objects) == {"new"}
+    assert backend.objects["new"][0] == data

@@ -42,6 +42,16 @@ class Outage(MemoryBackend):
         return await super().write_bytes(key, data, metadata)  # type: ignore[arg-type]
 
 
+async def failed_file(fs: Filesystem, name: str, data: bytes) -> tuple[int, FSError]:
+    """Create ``name`` with ``data`` over a store that refuses it, close it; (inode, error)."""
+    fh, node = await fs.create(ROOT_INODE, name, 0o644, os.O_WRONLY, 0, 0)
+    await fs.write(fh, 0, data)
+    with pytest.raises(FSError) as failed:
+        await fs.flush(fh)
+    await fs.release(fh)  # the last handle: the data must survive it
+    return node.ino, failed.value
+
+
 def staged(tmp_path: Path) -> list[Path]:
     return sorted(p for p in (tmp_path / "staging").glob("stage-*"))
 
@@ -76,12 +86,8 @@ async def test_a_failed_upload_keeps_the_data_until_a_retry_succeeds(
     backend = Outage()
     fs = make_fs(backend, tmp_path)
     fs.attach(nursery)
-    fh, node = await fs.create(ROOT_INODE, "f", 0o644, os.O_WRONLY, 0, 0)
-    await fs.write(fh, 0, b"precious")
-    with pytest.raises(FSError) as e:
-        await fs.flush(fh)
-    assert e.value.errno == errno.EIO
-    await fs.release(fh)  # the last handle: the data must survive it
+    ino, error = await failed_file(fs, "f", b"precious")
+    assert error.errno == errno.EIO
     assert [p.read_bytes() for p in staged(tmp_path)] == [b"precious"]
     assert fs.failed_files == 1 and fs.dirty_files == 1
     # The name still shows the local data, and reading it back works.
@@ -89,7 +95,7 @@ async def test_a_failed_upload_keeps_the_data_until_a_retry_succeeds(
     assert await read_file(fs, "f") == b"precious"
 
     backend.down = False  # the store is back: the next close of the file uploads it
-    fh, _ = await fs.open(node.ino, os.O_RDONLY)
+    fh, _ = await fs.open(ino, os.O_RDONLY)
     await fs.flush(fh)
     await fs.release(fh)
     assert backend.objects["f"][0] == b"precious"
@@ -105,11 +111,7 @@ async def test_unmount_retries_a_failed_upload_then_gives_up_keeping_the_data(
     backend = Outage()
     fs = make_fs(backend, tmp_path)
     fs.attach(nursery)
-    fh, _ = await fs.create(ROOT_INODE, "dir-less", 0o644, os.O_WRONLY, 0, 0)
-    await fs.write(fh, 0, b"keep me")
-    with pytest.raises(FSError):
-        await fs.fsync(fh)
-    await fs.release(fh)
+    await failed_file(fs, "dir-less", b"keep me")
     await fs.upload_all()  # what unmount does: one more try, which fails too
     assert fs.failed_files == 1
     fs.close()  # the explicit give-up: logged, counted, the bytes moved aside
@@ -124,11 +126,7 @@ async def test_unlinking_a_failed_file_lets_its_data_go(
 ) -> None:
     fs = make_fs(Outage(), tmp_path)
     fs.attach(nursery)
-    fh, _ = await fs.create(ROOT_INODE, "f", 0o644, os.O_WRONLY, 0, 0)
-    await fs.write(fh, 0, b"x")
-    with pytest.raises(FSError):
-        await fs.flush(fh)
-    await fs.release(fh)
+    await failed_file(fs, "f", b"x")
     await fs.unlink(ROOT_INODE, "f")
     assert staged(tmp_path) == [] and fs.failed_files == 0
     fs.close()
