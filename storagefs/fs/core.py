@@ -615,6 +615,11 @@ class Filesystem:
             return node
         current = self._open.get(node.ino)
         node.attrs = attrs
+        if attrs.is_dir:
+            # Times set explicitly (rsync -a, tar, touch -d) replace the ones this mount gave
+            # the directory when its entries changed; otherwise those, being newer, would win.
+            self._dir_times[node.path] = (attrs.mtime_ns, attrs.ctime_ns)
+            self._dir_times.move_to_end(node.path)
         if current is not None and current.dirty:
             # The upload of the changed staging file (flush, fsync or release) carries the
             # new metadata. A clean open file is not uploaded again: store it now.
