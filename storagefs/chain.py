@@ -227,14 +227,18 @@ class FallbackChain:
         keeps cache stores of small direct writes off the write path (the cache evicts on
         insert)."""
         send, receive = trio.open_memory_channel[Callable[[], Awaitable[None]]](CACHE_QUEUE)
-        async with trio.open_nursery() as nursery:
-            self._cache_cancel = nursery.cancel_scope
-            self._cache_queue = send
-            nursery.start_soon(self._fill_cache, receive)
-            nursery.start_soon(self._probe_unwell)
-            await nursery.start(self.replayer.run)
-            task_status.started()
-        self._cache_queue = None
+        try:
+            async with trio.open_nursery() as nursery:
+                self._cache_cancel = nursery.cancel_scope
+                self._cache_queue = send
+                nursery.start_soon(self._fill_cache, receive)
+                nursery.start_soon(self._probe_unwell)
+                await nursery.start(self.replayer.run)
+                task_status.started()
+        finally:
+            # Also when cancelled: work after this (the unmount's last uploads) does its cache
+            # upkeep inline instead of sending to a filler that is gone.
+            self._cache_queue = None
 
     def stop(self) -> None:
         self.replayer.stop()
@@ -285,8 +289,8 @@ class FallbackChain:
                 self._cache_queue.send_nowait(work)
                 await trio.lowlevel.checkpoint()
                 return
-            except (trio.WouldBlock, trio.ClosedResourceError):
-                pass  # full (back-pressure) or stopping: do it now
+            except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+                pass  # full (back-pressure), stopping or stopped: do it now
         await self._cache_best_effort(work())
 
     async def flush(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109

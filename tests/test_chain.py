@@ -287,6 +287,23 @@ async def test_write_through_waits_for_the_primary(tmp_path: Path) -> None:
         assert contents(primary) == {} and chain.journal_only_writes == 0
 
 
+async def test_writes_after_the_background_work_was_cancelled(tmp_path: Path) -> None:
+    # The unmount cancels the chain's background tasks, then uploads files still open: their
+    # cache upkeep must not fail on the cache filler that is gone (it once raised
+    # BrokenResourceError, and the unmount lost the open files' data).
+    primary = remotes()[0]
+    chain = FallbackChain.from_settings([primary], settings(tmp_path))
+    await chain.open()
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(chain.run)
+            nursery.cancel_scope.cancel()
+        await chain.write_bytes("late", b"still stored", META)
+        assert contents(primary) == {"late": b"still stored"}
+    finally:
+        await chain.close()
+
+
 async def test_write_through_deadline(tmp_path: Path) -> None:
     primary, secondary = remotes()
     primary.hang(WRITES)
