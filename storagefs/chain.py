@@ -14,8 +14,9 @@ a file) fall back in order without hedging.
 Writes: journaled (fsync'd) first, then applied to every remote by the replayer, which is the
 only applier. In ``write_mode="through"`` a write waits up to ``write_deadline`` (plus 1 s per
 MiB) for the primary to apply it, and not at all while the primary is unwell; if the primary
-is not answering in time it succeeds on the journal alone (the health report says degraded); a permanent refusal by the primary is raised. In ``"back"`` mode a
-write returns once journaled. The cache gets a copy of every write (best effort).
+is not answering in time it succeeds on the journal alone (the health report says degraded);
+a permanent refusal by the primary is raised. In ``"back"`` mode a write returns once
+journaled. The cache gets a copy of every write (best effort).
 """
 
 from __future__ import annotations
