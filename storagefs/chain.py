@@ -12,10 +12,11 @@ answers, the clean cached copy is served and counted as a stale read. Downloads 
 a file) fall back in order without hedging.
 
 Writes: journaled (fsync'd) first, then applied to every remote by the replayer, which is the
-only applier. In ``write_mode="through"`` a write waits up to ``write_deadline`` for the
-primary to apply it; if the primary is not answering it succeeds on the journal alone and the
-chain reports degraded; a permanent refusal by the primary is raised. In ``"back"`` mode a
-write returns once journaled. The cache gets a copy of every write (best effort).
+only applier. In ``write_mode="through"`` a write waits up to ``write_deadline`` (plus 1 s per
+MiB) for the primary to apply it, and not at all while the primary is unwell; if the primary
+is not answering in time it succeeds on the journal alone (the health report says degraded);
+a permanent refusal by the primary is raised. In ``"back"`` mode a write returns once
+journaled. The cache gets a copy of every write (best effort).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ from storagefs.backends.base import (
 from storagefs.cache import Cache
 from storagefs.config import Settings
 from storagefs.journal import ContentGone, Entry, Journal, Op
-from storagefs.replay import Outcome, Replayer, Result, TargetSnapshot
+from storagefs.replay import Outcome, Replayer, TargetSnapshot
 from storagefs.resilience import RetryPolicy, answerable_elsewhere
 
 T = TypeVar("T")
@@ -169,6 +170,7 @@ class FallbackChain:
             on_result=self._replayed,
             refusal_abandons=settings.write_mode == "through",
             settle=settings.write_back_delay if settings.write_mode == "back" else 0.0,
+            states=self.state_of,
         )
         self._cache_queue: trio.MemorySendChannel[Callable[[], Awaitable[None]]] | None = None
         self._cache_cancel: trio.CancelScope | None = None
@@ -317,21 +319,17 @@ class FallbackChain:
     # --- reachability -----
 
     def _saw(self, name: str, error: BaseException | None) -> None:
-        """What a call to remote ``name`` showed (None: it answered). A ResilientBackend has
-        recorded it in its state already; a bare backend's state is fed here."""
-        if error is not None:
-            self._unwell_seen.set()
-        if name in self._chain_fed:
-            state = self.state_of[name]
-            if error is None:
-                state.answered()
-            else:
-                state.record_error("call", error)
-                state.failed(f"{type(error).__name__}: {error}")
+        """What a call to remote ``name`` showed (None: it answered)."""
+        self._note(name, "call", error)
         if error is None and not self.replayer.is_up(name):
             self.replayer.kick(name)  # it answers us again: let the replayer probe it now
 
     def _replayed(self, name: str, error: BaseException | None) -> None:
+        self._note(name, "replay", error)
+
+    def _note(self, name: str, op: str, error: BaseException | None) -> None:
+        """A ResilientBackend has recorded the outcome in its state already; a bare backend's
+        state is fed here. A failure wakes the prober either way."""
         if error is not None:
             self._unwell_seen.set()
         if name in self._chain_fed:
@@ -339,7 +337,7 @@ class FallbackChain:
             if error is None:
                 state.answered()
             else:
-                state.record_error("replay", error)
+                state.record_error(op, error)
                 state.failed(f"{type(error).__name__}: {error}")
 
     def _read_order(self) -> builtins.list[Backend]:
@@ -835,15 +833,9 @@ class FallbackChain:
         if self.settings.write_mode == "back":
             await trio.lowlevel.checkpoint()
             return fallback
-        if self.state_of[self.primary.name].unwell():
-            # Known not to answer promptly: waiting would only delay the caller; the entry is
-            # durable in the journal and the replayer delivers it when the primary is back.
-            await trio.lowlevel.checkpoint()
-            result = Result(Outcome.UNAVAILABLE)
-        else:
-            result = await self.replayer.wait(
-                entry.seq, self.primary.name, self._write_wait(entry.size)
-            )
+        result = await self.replayer.wait(
+            entry.seq, self.primary.name, self._write_wait(entry.size)
+        )
         if result.outcome is Outcome.APPLIED:
             return result.info if result.info is not None else fallback
         if result.outcome is Outcome.FAILED:

@@ -29,11 +29,12 @@ import dataclasses
 import enum
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import trio
 
+from storagefs.backend_stats import RemoteState
 from storagefs.backends.base import (
     Backend,
     BackendError,
@@ -122,6 +123,7 @@ class Replayer:
         on_result: Callable[[str, BaseException | None], None] | None = None,
         refusal_abandons: bool = False,
         settle: float = 0.0,
+        states: Mapping[str, RemoteState] | None = None,
     ) -> None:
         self.journal = journal
         self.remotes = {r.name: r for r in remotes}
@@ -137,6 +139,9 @@ class Replayer:
         self.settle = settle
         self._settled_before = 0.0
         self._next_settled = float("inf")  # trio time at which a held entry becomes due
+        # Each remote's one reachability record (kept by its ResilientBackend): a waiter is
+        # not kept waiting for a target already known to be unwell.
+        self.states = states or {}
         # Wraps each entry's replay (telemetry sets a background transaction here).
         self.around_apply: Callable[[], contextlib.AbstractContextManager[None]] = (
             contextlib.nullcontext
@@ -212,15 +217,18 @@ class Replayer:
     async def wait(self, seq: int, target: str, within: float) -> Result:
         """How applying entry ``seq`` to ``target`` went, waiting up to ``within`` seconds.
 
-        Returns UNAVAILABLE at once when the target is known to be down or the replayer is
-        not running, since no answer would come in time.
+        Returns UNAVAILABLE at once when the target is known to be down (to the replayer, or
+        unwell in its RemoteState: it failed or was too slow recently) or the replayer is not
+        running, since no answer would come in time. The entry stays journaled either way.
         """
         key = (seq, target)
         known = self._recent.get(key)  # decided, perhaps not yet acknowledged in the journal
         if known is not None or not self.journal.is_pending(seq, target):
             await trio.lowlevel.checkpoint()
             return known or Result(Outcome.APPLIED)
-        if not self.running or not self.state[target].up:
+        remote = self.states.get(target)
+        unwell = remote is not None and remote.unwell()
+        if not self.running or not self.state[target].up or unwell:
             await trio.lowlevel.checkpoint()
             return Result(Outcome.UNAVAILABLE)
         waiter = _Waiter()

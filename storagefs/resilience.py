@@ -611,9 +611,11 @@ class ResilientBackend:
                 with trio.move_on_after(attempt_timeout):
                     return await call()
                 self.stats.timeouts += 1
-                raise AttemptTimeout(
-                    f"{self.name} {op} {key!r}: no answer within {attempt_timeout:.3g} s"
-                )
+                message = f"{self.name} {op} {key!r}: no answer within {attempt_timeout:.3g} s"
+                # Unwell already, while the retries go on: readers and writers need not wait
+                # for their verdict to stop asking it first (a prompt answer undoes this).
+                self.state.demote(message)
+                raise AttemptTimeout(message)
             except TransientError as exc:
                 tries.last = exc
                 self.stats.record_error(op, exc)
