@@ -5,8 +5,9 @@ is NotFound), then the remotes, well ones first (a remote that failed or lost a 
 recently is asked last, see :class:`RemoteState`); a remote that is not answering
 (BackendUnavailable, TransientError) is skipped at once. Reads are *hedged*: when a remote has
 not answered within its p99 latency (``hedge_min_delay`` .. ``hedge_max_delay``), the next one
-is asked as well, and the first answer wins, NotFound included (the journal overlay keeps our
-own changes consistent across remotes); the remote that lost is demoted. A read that another
+is asked as well, and the first answer wins -- but a NotFound only once every remote before it
+in the order has answered or failed, so a lagging secondary never hides a file the primary
+has; the remote that lost is demoted. A read that another
 remote or the cache could answer gets a single attempt per remote (no retries). When no remote
 answers, the clean cached copy is served and counted as a stale read. Downloads (they write to
 a file) fall back in order without hedging.
@@ -381,6 +382,10 @@ class FallbackChain:
         finished: set[int] = set()
         last: BaseException | None = None
         winner: _Reply[T] | None = None
+        held: _Reply[T] | None = None  # a "not found" waiting for earlier remotes
+
+        def earlier_done(index: int) -> bool:
+            return all(i in finished for i in range(index))
 
         async def one(index: int) -> None:
             remote = order[index]
@@ -410,14 +415,26 @@ class FallbackChain:
                     launch()
                     continue
                 finished.add(reply.index)
+                if isinstance(reply.error, NotFound) and not earlier_done(reply.index):
+                    # "Not found" from a later remote while an earlier one may still answer:
+                    # the earlier one decides (a lagging secondary must not hide a file the
+                    # primary has). Held until the earlier ones answered or failed.
+                    if held is None or reply.index < held.index:
+                        held = reply
+                    continue
                 if isinstance(reply.error, _NOT_ANSWERING):
                     last = reply.error
-                    if len(started) < len(order):
+                    if held is not None and earlier_done(held.index):
+                        winner = held
+                    elif len(started) < len(order):
                         launch()
+                        continue
                     elif len(finished) == len(started):
                         break
-                    continue
-                winner = reply
+                    else:
+                        continue
+                else:
+                    winner = reply
                 nursery.cancel_scope.cancel()
         if winner is None:
             raise _AllDown(last)

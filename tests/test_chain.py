@@ -800,6 +800,22 @@ async def test_a_hung_primary_is_hedged_then_asked_last(
         primary.release()
 
 
+async def test_a_slow_primary_is_not_overruled_by_a_secondary_that_lacks_the_key(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    # The primary is slower than its hedge delay but answers within its timeout; the
+    # secondary never got the object (written before it existed, or by another tool). Its
+    # quick "not found" must not win: the file would vanish from the mount.
+    primary, secondary, wrapped = resilient_remotes(tmp_path)
+    await store(primary).write_bytes("only-primary", b"here", META)
+    async with running(tmp_path, tuple(wrapped)) as chain:
+        primary.add_latency(Settings().hedge_max_delay * 1.5, ("stat", "read"))
+        assert (await chain.stat("only-primary")).size == 4
+        assert await chain.read("only-primary", 0, 10) == b"here"
+        with pytest.raises(NotFound):  # a name neither has: still "not found" in the end
+            await chain.stat("nowhere")
+
+
 async def test_a_failing_primary_gets_one_attempt_when_the_secondary_can_answer(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
