@@ -806,7 +806,7 @@ async def test_a_slow_primary_is_not_overruled_by_a_secondary_that_lacks_the_key
     # The primary is slower than its hedge delay but answers within its timeout; the
     # secondary never got the object (written before it existed, or by another tool). Its
     # quick "not found" must not win: the file would vanish from the mount.
-    primary, secondary, wrapped = resilient_remotes(tmp_path)
+    primary, _secondary, wrapped = resilient_remotes(tmp_path)
     await store(primary).write_bytes("only-primary", b"here", META)
     async with running(tmp_path, tuple(wrapped)) as chain:
         primary.add_latency(Settings().hedge_max_delay * 1.5, ("stat", "read"))
