@@ -21,10 +21,10 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from storagefs.cache import Cache
-from storagefs.chain import FallbackChain
+from storagefs.chain.cache import Cache
+from storagefs.chain.fallback import FallbackChain
 from storagefs.config import Settings
-from storagefs.journal import Journal
+from storagefs.journal.store import Journal
 from tests.fakes import MemoryBackend
 
 META = {"mode": "33188", "uid": "1000", "gid": "1000", "mtime": "1700000000"}
@@ -92,7 +92,7 @@ def main() -> None:
     for n, (label, mode, inline_max) in enumerate(runs):
         counter = FsyncCounter()
         # Counts only the journal's explicit fsyncs; SQLite's own happen in C and are not seen.
-        with mock.patch("storagefs.journal.os.fsync", counter):
+        with mock.patch("storagefs.journal.store.os.fsync", counter):
             elapsed = trio.run(chain_run, base / str(n), args.count, args.size, mode, inline_max)
         print(
             f"  {'chain, ' + label:40s} {args.count / elapsed:9.0f} ops/s"

@@ -1,3 +1,3 @@
-from storagefs.cli import main
+from storagefs.cli.main import main
 
 main()

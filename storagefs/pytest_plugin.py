@@ -34,7 +34,7 @@ from typing import Any
 
 import pytest
 
-from storagefs import emulators
+from storagefs.devtools import emulators
 
 MOUNT_TIMEOUT = 30.0
 EXIT_TIMEOUT = 30.0  # a clean unmount uploads files still open with changes first
@@ -216,7 +216,7 @@ def _fusermount(*args: str | Path) -> int:
 
 
 def _is_mounted(path: Path) -> bool:
-    from storagefs.mounts_table import is_mounted
+    from storagefs.cli.mounts_table import is_mounted
 
     return is_mounted(path)
 

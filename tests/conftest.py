@@ -18,8 +18,8 @@ from typing import NamedTuple
 
 import pytest
 
-from storagefs import emulators
-from storagefs.emulators import EmulatorProcess
+from storagefs.devtools import emulators
+from storagefs.devtools.emulators import EmulatorProcess
 
 
 class S3Bucket(NamedTuple):

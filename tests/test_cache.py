@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from storagefs.backends.base import ObjectInfo
-from storagefs.cache import Cache
+from storagefs.chain.cache import Cache
 
 META = {"mode": "33188"}
 

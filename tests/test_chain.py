@@ -23,10 +23,10 @@ from storagefs.backends.base import (
     PermissionDenied,
     TransientError,
 )
-from storagefs.chain import FallbackChain
+from storagefs.chain.fallback import FallbackChain
 from storagefs.config import Settings
-from storagefs.health import HealthReport
-from storagefs.resilience import ResilientBackend, RetryPolicy
+from storagefs.observability.health import HealthReport
+from storagefs.resilience.backend import ResilientBackend, RetryPolicy
 from tests.fakes import MemoryBackend
 from tests.fault_injection import FaultyBackend
 
@@ -608,10 +608,10 @@ async def test_random_operations_match_a_model(tmp_path: Path, seed: int, mode: 
 async def test_a_whole_small_object_read_is_cached_for_outages(tmp_path: Path) -> None:
     """`cat` of a small file reads it whole in one call: that copy must serve it later when
     no remote answers (the core reads ranges, never download(), for files it only reads)."""
-    from storagefs.cache import Cache
-    from storagefs.chain import FallbackChain
+    from storagefs.chain.cache import Cache
+    from storagefs.chain.fallback import FallbackChain
     from storagefs.config import Settings
-    from storagefs.journal import Journal
+    from storagefs.journal.store import Journal
     from tests.fakes import MemoryBackend
     from tests.fault_injection import FaultyBackend
 
@@ -686,7 +686,7 @@ async def test_a_remote_that_just_failed_is_asked_last(tmp_path: Path) -> None:
 async def test_replay_runs_under_the_journal_entry_id(tmp_path: Path) -> None:
     """Backend calls (and their retries' log lines) made while replaying an entry carry the
     correlation id journal-<seq>; the telemetry hook wraps each replay."""
-    from storagefs.logs import request_id
+    from storagefs.observability.logs import request_id
 
     seen: list[str | None] = []
 

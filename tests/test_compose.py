@@ -20,8 +20,8 @@ import pytest
 import yaml
 from azure.storage.blob import BlobServiceClient
 
-from storagefs import emulators
-from storagefs.emulators import EmulatorProcess
+from storagefs.devtools import emulators
+from storagefs.devtools.emulators import EmulatorProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"

@@ -27,9 +27,10 @@ from storagefs.backends.base import (
     TransientError,
 )
 from storagefs.backends.local import LocalBackend
-from storagefs.chain import FallbackChain
+from storagefs.chain.fallback import FallbackChain
 from storagefs.config import Settings
-from storagefs.download import (
+from storagefs.download.progress import PlainProgress, RichProgress
+from storagefs.download.run import (
     BulkDownload,
     DownloadError,
     download_with_settings,
@@ -38,9 +39,8 @@ from storagefs.download import (
     opened_stack,
     plan_tree,
 )
-from storagefs.download_progress import PlainProgress, RichProgress
-from storagefs.download_state import STATE_NAME, is_part_name, part_name
-from storagefs.resilience import ResilientBackend, RetryPolicy
+from storagefs.download.state import STATE_NAME, is_part_name, part_name
+from storagefs.resilience.backend import ResilientBackend, RetryPolicy
 from tests.conftest import S3Bucket
 
 MiB = 1024 * 1024
@@ -505,7 +505,7 @@ def finish(proc: subprocess.Popen[str]) -> tuple[int, str, str]:
 
 
 def test_cli_exit_codes_and_one_line_errors(tmp_path: Path, moto_server: object) -> None:
-    from storagefs.emulators import EmulatorProcess
+    from storagefs.devtools.emulators import EmulatorProcess
 
     assert isinstance(moto_server, EmulatorProcess)
     root = tmp_path / "bucket"

@@ -27,8 +27,6 @@ from click.testing import CliRunner
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from storagefs import metric_names as m
-from storagefs.backend_stats import LastError, RemoteSnapshot
 from storagefs.backends.azure import AzureBackend
 from storagefs.backends.base import (
     Backend,
@@ -38,22 +36,24 @@ from storagefs.backends.base import (
     TransientError,
 )
 from storagefs.backends.s3 import S3Backend
-from storagefs.chain import ChainStatus, FallbackChain, RemoteView
-from storagefs.cli import main
+from storagefs.chain.fallback import ChainStatus, FallbackChain, RemoteView
+from storagefs.cli.main import main
+from storagefs.cli.mounts_table import storagefs_mounts
+from storagefs.cli.probe import ProbeError, default_mountpoint
 from storagefs.config import Settings
-from storagefs.emulators import free_port
-from storagefs.health import (
+from storagefs.devtools.emulators import free_port
+from storagefs.journal.replay import TargetSnapshot
+from storagefs.observability import metric_names as m
+from storagefs.observability.health import (
     CoreFigures,
     HealthReport,
     HealthRules,
     backend_file,
 )
-from storagefs.logs import setup_logging
-from storagefs.mounts_table import storagefs_mounts
-from storagefs.probe import ProbeError, default_mountpoint
-from storagefs.redact import Redactor
-from storagefs.replay import TargetSnapshot
-from storagefs.resilience import ResilientBackend, RetryPolicy
+from storagefs.observability.logs import setup_logging
+from storagefs.observability.redact import Redactor
+from storagefs.resilience.backend import ResilientBackend, RetryPolicy
+from storagefs.resilience.stats import LastError, RemoteSnapshot
 from tests.fakes import MemoryBackend
 from tests.fault_injection import FaultyBackend
 
@@ -564,7 +564,8 @@ async def test_metrics_prom_matches_the_json_and_the_catalog(
 def test_metrics_doc_is_generated_from_the_catalog() -> None:
     text = (REPO / "docs" / "METRICS.md").read_text()
     assert text == m.render_markdown(), (
-        "docs/METRICS.md is out of date: python -m storagefs.metric_names > docs/METRICS.md"
+        "docs/METRICS.md is out of date: "
+        "python -m storagefs.observability.metric_names > docs/METRICS.md"
     )
     names = [doc.name for doc in m.CATALOG]
     assert len(names) == len(set(names))

@@ -16,7 +16,7 @@ import pytest
 import trio
 
 from storagefs.backends.base import NoSpace, NotFound
-from storagefs.journal import Journal, Op
+from storagefs.journal.store import Journal, Op
 
 TARGETS = ["primary", "secondary"]
 META = {"mode": "33188", "uid": "1000", "gid": "1000", "mtime": "1700000000"}
@@ -187,7 +187,7 @@ CHILD = textwrap.dedent(
     """
     import os, sys, trio
     from pathlib import Path
-    from storagefs.journal import Journal
+    from storagefs.journal.store import Journal
 
     directory, point = Path(sys.argv[1]), sys.argv[2]
     original = Journal._insert
@@ -236,7 +236,7 @@ WRITER = textwrap.dedent(
     """
     import hashlib, sys, trio
     from pathlib import Path
-    from storagefs.journal import Journal
+    from storagefs.journal.store import Journal
 
     async def main():
         journal = Journal(Path(sys.argv[1]), ["primary", "secondary"], 10**10)

@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from storagefs import mount_helper, mount_options
+from storagefs.cli import mount_helper, mount_options
+from storagefs.cli.mount_options import MountOptionError, parse
 from storagefs.config import ConfigError, load_settings
-from storagefs.mount_options import MountOptionError, parse
 
 
 def test_owner_and_modes_map_to_settings() -> None:
@@ -138,8 +138,7 @@ def test_cli_takes_the_form_mount_fuse3_runs(monkeypatch: pytest.MonkeyPatch) ->
     """`storagefs SOURCE MOUNTPOINT -o OPTS` is `storagefs mount MOUNTPOINT --primary SOURCE`."""
     from click.testing import CliRunner
 
-    from storagefs import cli
-
+    from storagefs.cli import main as cli
     seen: list[tuple[object, ...]] = []
     monkeypatch.setattr(cli, "check_mountpoint", lambda path: path)
     monkeypatch.setattr(cli, "_run_background", lambda s, mp: seen.append((s.primary, mp, s.uid)))
@@ -157,12 +156,14 @@ def test_env_file_sets_what_the_environment_does_not(
 
     from click.testing import CliRunner
 
-    from storagefs import cli
-
+    from storagefs.cli import main as cli
     env_file = Path(tmp_path) / "data.env"
     env_file.write_text("STORAGEFS_PRIMARY=file:///from/file\nSTORAGEFS_UMASK=027\n")
     for var in ("STORAGEFS_PRIMARY", "STORAGEFS_UMASK"):
-        monkeypatch.delenv(var, raising=False)  # and restored to unset afterwards
+        # setenv first so that monkeypatch restores the variable (to unset) afterwards: the
+        # env file's values land in os.environ and must not leak into later tests.
+        monkeypatch.setenv(var, "")
+        monkeypatch.delenv(var)
     monkeypatch.setenv("STORAGEFS_UMASK", "022")  # the environment wins over the file
     seen: list[tuple[object, ...]] = []
     monkeypatch.setattr(cli, "check_mountpoint", lambda path: path)

@@ -28,7 +28,7 @@ from storagefs.backends.base import (
     TransientError,
 )
 from storagefs.config import Settings
-from storagefs.resilience import (
+from storagefs.resilience.backend import (
     AttemptTimeout,
     BreakerOpen,
     ResilientBackend,

@@ -11,10 +11,10 @@ import trio
 import trio.testing
 
 from storagefs.backends.base import BackendUnavailable, ObjectInfo
-from storagefs.health import HealthReport
-from storagefs.journal import Journal
-from storagefs.sync import COMPLETE, STATE_FILE, Syncer
-from storagefs.sync_compare import MARK, Verdict, compare_listed, compare_marked, version_of
+from storagefs.journal.store import Journal
+from storagefs.observability.health import HealthReport
+from storagefs.sync.compare import MARK, Verdict, compare_listed, compare_marked, version_of
+from storagefs.sync.reconcile import COMPLETE, STATE_FILE, Syncer
 from tests.fakes import MemoryBackend
 
 

@@ -69,7 +69,7 @@ def test_probe_exit_codes(tmp_path: Path, state: str, plain: int, degraded_ok: i
     """What the units' probe answers, read from a directory laid out like a mount's."""
     from click.testing import CliRunner
 
-    from storagefs.cli import main
+    from storagefs.cli.main import main
 
     (tmp_path / ".health").mkdir()
     (tmp_path / ".health" / "status.json").write_text(f'{{"status": "{state}"}}')

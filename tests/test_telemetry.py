@@ -22,17 +22,17 @@ import pytest
 import trio
 import trio.testing
 
-from storagefs import metric_names as m
 from storagefs.backends.base import Backend, BackendUnavailable, NotFound, TransientError
-from storagefs.logs import correlation, setup_logging
-from storagefs.resilience import ResilientBackend, RetryPolicy
-from storagefs.telemetry import (
+from storagefs.observability import metric_names as m
+from storagefs.observability.logs import correlation, setup_logging
+from storagefs.observability.telemetry import (
     BacklogSampler,
     InstrumentedBackend,
     NewRelicTelemetry,
     Telemetry,
     telemetry_from_environment,
 )
+from storagefs.resilience.backend import ResilientBackend, RetryPolicy
 from tests.fakes import MemoryBackend
 from tests.fault_injection import FaultyBackend
 
@@ -54,17 +54,17 @@ POLICY = RetryPolicy(
 _NEW_RELIC_RUN = r"""
 import json, os, sys
 import trio, trio.testing
-from storagefs import metric_names as m
+from storagefs.observability import metric_names as m
 from storagefs.backends.base import BackendUnavailable, NotFound
-from storagefs.resilience import ResilientBackend, RetryPolicy
-from storagefs.telemetry import NewRelicTelemetry
+from storagefs.resilience.backend import ResilientBackend, RetryPolicy
+from storagefs.observability.telemetry import NewRelicTelemetry
 from tests.fakes import MemoryBackend
 from tests.fault_injection import FaultyBackend
 
 now = [100.0]
 tel = NewRelicTelemetry(os.environ["NEW_RELIC_CONFIG_FILE"], clock=lambda: now[0])
 started = tel.start(timeout=10.0)
-from storagefs.logs import setup_logging
+from storagefs.observability.logs import setup_logging
 import logging
 setup_logging("INFO", "json")
 key = os.environ["STORAGEFS_AZURE_ACCOUNT_KEY"]
@@ -234,7 +234,7 @@ def test_new_relic_background_transactions_and_errors(new_relic_run: dict[str, A
     assert ["builtins:ValueError", "download failed"] in errors
     # notice_error: a message holding a secret is sent as a RedactedError, scrubbed.
     assert [
-        "storagefs.telemetry:RedactedError",
+        "storagefs.observability.telemetry:RedactedError",
         "RuntimeError: connect failed: AccountKey=<redacted>",
     ] in errors
     assert len(errors) == 2
@@ -246,7 +246,7 @@ def test_new_relic_background_transactions_and_errors(new_relic_run: dict[str, A
 
 _WITHOUT_NEW_RELIC = r"""
 import json, sys
-from storagefs.telemetry import NewRelicTelemetry, telemetry_from_environment
+from storagefs.observability.telemetry import NewRelicTelemetry, telemetry_from_environment
 tel = telemetry_from_environment({})
 started = tel.start()
 tel.record_backend_call("s3", "stat", 0.1, False)

@@ -29,7 +29,6 @@ from azure.storage.blob import (
 from hypothesis import given
 from hypothesis import strategies as st
 
-from storagefs import emulators
 from storagefs.backends import azure as azure_mod
 from storagefs.backends.azure import (
     AzureBackend,
@@ -52,7 +51,8 @@ from storagefs.backends.base import (
     TransientError,
 )
 from storagefs.config import Settings
-from storagefs.emulators import AZURITE_ACCOUNT, AZURITE_KEY, EmulatorProcess
+from storagefs.devtools import emulators
+from storagefs.devtools.emulators import AZURITE_ACCOUNT, AZURITE_KEY, EmulatorProcess
 from tests.conftest import AzureContainer
 
 CSHARP_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")

@@ -14,8 +14,8 @@ from pathlib import Path
 import boto3
 import pytest
 
-from storagefs import emulators
-from storagefs.emulators import EmulatorError, EmulatorProcess
+from storagefs.devtools import emulators
+from storagefs.devtools.emulators import EmulatorError, EmulatorProcess
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "emulators"
 needs_azurite = pytest.mark.skipif(

@@ -29,7 +29,7 @@ from storagefs.backends.base import (
 )
 from storagefs.backends.s3 import S3Backend, classify
 from storagefs.config import Settings
-from storagefs.emulators import free_port
+from storagefs.devtools.emulators import free_port
 from tests.conftest import S3Bucket
 
 pytestmark = pytest.mark.s3

@@ -11,7 +11,7 @@ from typing import Any
 
 import trio
 
-from storagefs.chain import FallbackChain
+from storagefs.chain.fallback import FallbackChain
 from storagefs.config import Settings
 from storagefs.fs.core import Filesystem
 from storagefs.fs.inodes import ROOT_INODE

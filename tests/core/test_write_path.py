@@ -18,7 +18,7 @@ from storagefs.backends.base import (
     PermissionDenied,
     TransientError,
 )
-from storagefs.chain import FallbackChain
+from storagefs.chain.fallback import FallbackChain
 from storagefs.config import Settings
 from storagefs.fs.core import Filesystem
 from storagefs.fs.errors import FSError
@@ -222,7 +222,7 @@ async def test_the_adapter_maps_the_core_error_and_answers_eio_to_bugs(
 ) -> None:
     import pyfuse3
 
-    from storagefs.fuse_ops import _guarded
+    from storagefs.daemon.fuse_ops import _guarded
 
     @_guarded
     async def refused(_ops: object) -> None:

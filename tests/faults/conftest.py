@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from storagefs import emulators
-from storagefs.emulators import EmulatorProcess
-from storagefs.faultproxy import FaultProxy
+from storagefs.devtools import emulators
+from storagefs.devtools.emulators import EmulatorProcess
+from storagefs.devtools.faultproxy import FaultProxy
 from tests.conftest import AzureContainer, S3Bucket
 from tests.mount.conftest import mount  # noqa: F401  (H5's factory, reused as is)
 from tests.mount.harness import FUSERMOUNT, Mount, MountFactory

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from storagefs import probe
+from storagefs.cli import probe
 from tests.mount.harness import clean_env
 from tests.mount.stores import Store
 

@@ -17,8 +17,8 @@ from collections.abc import Iterator
 import pytest
 
 from storagefs.backends.base import TransientError
-from storagefs.emulators import free_port
-from storagefs.faultproxy import FaultProxy, Mode, ProxyError, send_control
+from storagefs.devtools.emulators import free_port
+from storagefs.devtools.faultproxy import FaultProxy, Mode, ProxyError, send_control
 
 WAIT = 0.5  # seconds a client waits to conclude "no answer"
 
@@ -201,7 +201,7 @@ def test_command_line_control_port(echo: int) -> None:
     listen, control = free_port(), free_port()
     proc = subprocess.Popen(
         [
-            sys.executable, "-m", "storagefs.faultproxy",
+            sys.executable, "-m", "storagefs.devtools.faultproxy",
             "--listen", f"127.0.0.1:{listen}", "--target", f"127.0.0.1:{echo}",
             "--control", f"127.0.0.1:{control}",
         ],
@@ -222,8 +222,8 @@ def test_command_line_control_port(echo: int) -> None:
         assert status["mode"] == "pass"
         assert status["listen"] == f"127.0.0.1:{listen}"
         set_refuse = subprocess.run(
-            [sys.executable, "-m", "storagefs.faultproxy", "--control", f"127.0.0.1:{control}",
-             "--set", "refuse"],
+            [sys.executable, "-m", "storagefs.devtools.faultproxy",
+             "--control", f"127.0.0.1:{control}", "--set", "refuse"],
             capture_output=True, text=True, timeout=20,
         )  # fmt: skip
         assert set_refuse.returncode == 0, set_refuse.stderr

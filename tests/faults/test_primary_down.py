@@ -8,7 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from storagefs.probe import HealthFiles
+from storagefs.cli.probe import HealthFiles
 from tests.faults.conftest import Rig
 from tests.faults.helpers import (
     FILES,

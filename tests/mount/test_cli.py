@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from storagefs import emulators
+from storagefs.devtools import emulators
 from tests.mount.harness import (
     LOCAL,
     S3,

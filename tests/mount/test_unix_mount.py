@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from storagefs import mount_options, probe
+from storagefs.cli import mount_options, probe
 from tests.mount.harness import LOCAL, MountFactory, clean_env, is_mounted, wait_gone
 from tests.mount.stores import LocalStore, Store
 
@@ -43,7 +43,7 @@ sbin=$(readlink -f /sbin)
 mount -t tmpfs -o mode=755 storagefs-test "$sbin" || exit 97
 cat > "$sbin/mount.fuse.storagefs" <<HELPER
 #!/bin/sh
-exec "$PYTHON" -m storagefs.mount_helper "\$@"
+exec "$PYTHON" -m storagefs.cli.mount_helper "\$@"
 HELPER
 chmod 755 "$sbin/mount.fuse.storagefs"
 
@@ -196,8 +196,7 @@ def test_list_shows_each_mount_in_one_line(mount: MountFactory, tmp_path: Path) 
 def test_list_with_no_mounts_says_so(tmp_path: Path) -> None:
     empty = tmp_path / "mounts"
     empty.write_text("proc /proc proc rw 0 0\n")
-    from storagefs import mount_list
-
+    from storagefs.cli import mount_list
     assert mount_list.live_mounts(str(empty)) == []
     assert mount_list.line(mount_list.summarize(tmp_path, 1.0)).startswith(
         f"{tmp_path} unknown (no health files"

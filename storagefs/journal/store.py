@@ -46,7 +46,7 @@ from typing import Any
 import trio
 
 from storagefs.backends.base import NoSpace, NotFound
-from storagefs.journal_recovery import (
+from storagefs.journal.recovery import (
     Layout,
     Op,
     TargetProgress,

@@ -28,9 +28,9 @@ Use from Python (it runs its own asyncio loop in a daemon thread)::
 
 or from a shell, with a line-based control port::
 
-    python -m storagefs.faultproxy --listen 127.0.0.1:9000 --target 127.0.0.1:4566 \\
+    python -m storagefs.devtools.faultproxy --listen 127.0.0.1:9000 --target 127.0.0.1:4566 \\
         --control 127.0.0.1:9001
-    python -m storagefs.faultproxy --control 127.0.0.1:9001 --set stall
+    python -m storagefs.devtools.faultproxy --control 127.0.0.1:9001 --set stall
 """
 
 from __future__ import annotations
@@ -493,7 +493,7 @@ def _serve_control(proxy: FaultProxy, control: tuple[str, int]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m storagefs.faultproxy",
+        prog="python -m storagefs.devtools.faultproxy",
         description="A TCP proxy whose faults (refuse, reset, stall, http503) are switched at"
         " run time through a control port.",
     )

@@ -19,7 +19,7 @@ import json
 from collections.abc import Iterable, Mapping
 
 from storagefs.backends.base import InvalidRequest, ListPage, ObjectInfo
-from storagefs.journal import Entry, Op
+from storagefs.journal.store import Entry, Op
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -34,8 +34,6 @@ from typing import Any, Generic, TypeVar
 
 import trio
 
-from storagefs import chain_listing as listing
-from storagefs.backend_stats import RemoteSnapshot, RemoteState
 from storagefs.backends.base import (
     Backend,
     BackendError,
@@ -48,11 +46,13 @@ from storagefs.backends.base import (
     peek,
     start_upload,
 )
-from storagefs.cache import Cache
+from storagefs.chain import listing
+from storagefs.chain.cache import Cache
 from storagefs.config import Settings
-from storagefs.journal import ContentGone, Entry, Journal, Op
-from storagefs.replay import Outcome, Replayer, TargetSnapshot
-from storagefs.resilience import RetryPolicy, answerable_elsewhere
+from storagefs.journal.replay import Outcome, Replayer, TargetSnapshot
+from storagefs.journal.store import ContentGone, Entry, Journal, Op
+from storagefs.resilience.backend import RetryPolicy, answerable_elsewhere
+from storagefs.resilience.stats import RemoteSnapshot, RemoteState
 
 T = TypeVar("T")
 

@@ -39,10 +39,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from storagefs import exit_codes
-from storagefs import metric_names as m
-from storagefs.backend_stats import RemoteSnapshot
-from storagefs.chain import ChainStatus, RemoteView
-from storagefs.redact import redact
+from storagefs.chain.fallback import ChainStatus, RemoteView
+from storagefs.observability import metric_names as m
+from storagefs.observability.redact import redact
+from storagefs.resilience.stats import RemoteSnapshot
 
 log = logging.getLogger("storagefs.health")
 

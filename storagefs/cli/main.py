@@ -17,8 +17,8 @@ import click
 
 from storagefs import exit_codes
 from storagefs.backends.base import BackendError
+from storagefs.cli.mounts_table import is_mounted
 from storagefs.config import ConfigError, Settings, load_settings
-from storagefs.mounts_table import is_mounted
 
 MOUNT_WAIT_SECONDS = 30.0
 
@@ -63,8 +63,7 @@ class _Commands(click.Group):
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         if args and ("://" in args[0] or args[0] == "storagefs") and args[0] not in self.commands:
-            from storagefs import mount_helper
-
+            from storagefs.cli import mount_helper
             try:
                 args = mount_helper.mount_args(mount_helper.parse_args(args))
             except mount_helper.HelperUsageError as exc:
@@ -127,8 +126,7 @@ def mount(
     log_format: str | None,
 ) -> None:
     """Mount the configured storage on MOUNTPOINT."""
-    from storagefs import mount_options
-
+    from storagefs.cli import mount_options
     try:
         opts = mount_options.parse(options)
     except mount_options.MountOptionError as exc:
@@ -167,8 +165,8 @@ def _load_env_file(path: Path) -> None:
 def _run_foreground(settings: Settings, mountpoint: Path, fuse_opts: list[str]) -> None:
     import trio  # imported here: `storagefs --help` and the parent of a daemon stay light
 
-    from storagefs.logs import setup_logging
-    from storagefs.mount import serve
+    from storagefs.daemon.mount import serve
+    from storagefs.observability.logs import setup_logging
 
     setup_logging(settings.log_level, settings.log_format)
     try:
@@ -186,7 +184,7 @@ def _run_background(settings: Settings, mountpoint: Path) -> None:
 
     A child process rather than fork(): trio and the SDKs start threads, which fork() does not
     carry over safely. The child's errors are relayed so the user still gets one clear line."""
-    from storagefs.logs import daemon_log_path
+    from storagefs.observability.logs import daemon_log_path
 
     try:
         log_path = daemon_log_path(settings.cache_dir, mountpoint)  # --cache-dir included
@@ -235,7 +233,7 @@ def _last_error(log_path: Path, start: int = 0) -> str | None:
 
 def _wait_drained(mountpoint: Path, timeout: float | None, quiet: bool = False) -> bool:
     """Poll the mount's journal.json until nothing is pending; False when ``timeout`` ran out."""
-    from storagefs.probe import read_health
+    from storagefs.cli.probe import read_health
 
     deadline = None if timeout is None else time.monotonic() + timeout
     shown = None
@@ -264,7 +262,7 @@ def flush(mountpoint: Path, timeout: float | None) -> None:
     """Wait until every journaled change has reached every backend.
 
     Exit code 0 when the journal is drained, 1 when the timeout ran out first."""
-    from storagefs.probe import ProbeError
+    from storagefs.cli.probe import ProbeError
 
     if not is_mounted(mountpoint):
         fail(f"{mountpoint} is not mounted")
@@ -294,7 +292,7 @@ def unmount(mountpoint: Path, no_wait: bool, timeout: float) -> None:
 
     Changes still journaled when it unmounts are not lost: they are replayed by the next
     mount with the same cache directory."""
-    from storagefs.probe import ProbeError
+    from storagefs.cli.probe import ProbeError
 
     if not is_mounted(mountpoint):
         fail(f"{mountpoint} is not mounted")
@@ -326,7 +324,7 @@ def _unmount_failure(mountpoint: Path, reason: str) -> str:
     """fusermount's reason, plus who holds the mount when it is busy."""
     if "busy" not in reason.lower():
         return reason
-    from storagefs.holders import describe
+    from storagefs.cli.holders import describe
 
     return f"{mountpoint} is busy: {describe(mountpoint)}"
 
@@ -351,8 +349,7 @@ def health(mountpoint: Path | None, as_json: bool, timeout: float, degraded_ok: 
     storagefs mount at all), 64 a usage error (several mounts and none named, a bad flag):
     not a verdict.
     """
-    from storagefs import probe
-
+    from storagefs.cli import probe
     target = mountpoint if mountpoint is not None else _only_mount()
     try:
         files = probe.read_health(target, timeout)
@@ -377,8 +374,7 @@ def health(mountpoint: Path | None, as_json: bool, timeout: float, degraded_ok: 
 )
 def list_mounts(as_json: bool, timeout: float) -> None:
     """The live storagefs mounts: backends and health, one line each."""
-    from storagefs import mount_list
-
+    from storagefs.cli import mount_list
     summaries = [mount_list.summarize(mp, timeout) for mp in mount_list.live_mounts()]
     if as_json:
         click.echo(mount_list.as_json(summaries), nl=False)
@@ -391,8 +387,7 @@ def list_mounts(as_json: bool, timeout: float) -> None:
 def _only_mount() -> Path:
     """The one storagefs mount for ``storagefs health`` without an argument. Several: a usage
     error (64), never "down" (2). None: exit 2, as for a mount that does not answer."""
-    from storagefs import mounts_table, probe
-
+    from storagefs.cli import mounts_table, probe
     try:
         found = mounts_table.storagefs_mounts()
     except OSError as exc:
@@ -433,8 +428,7 @@ def download(
 
     A second run skips files already complete. Exit code 0 all done, 1 some objects failed
     (listed), 2 bad input, 130 interrupted. See docs/DOWNLOAD.md."""
-    from storagefs import download as bulk
-
+    from storagefs.download import run as bulk
     settings = settings_from(primary=primary, secondary=secondary)
     try:
         code = bulk.run_cli(
@@ -458,8 +452,7 @@ def sync(
     With MOUNTPOINT, the mount's daemon runs a pass now and this follows its progress; with
     --primary/--secondary (or their STORAGEFS_* variables) a pass runs here, with no mount.
     Exit code 0 the secondary holds everything, 1 objects left behind, 2 bad input."""
-    from storagefs import sync_cli
-
+    from storagefs.cli import sync as sync_cli
     try:
         if mountpoint is not None:
             if primary or secondary:

@@ -14,12 +14,12 @@ from pathlib import Path
 from storagefs.backends import backend_from_url
 from storagefs.backends.base import Backend
 from storagefs.backends.local import LocalBackend
-from storagefs.chain import FallbackChain
+from storagefs.chain.fallback import FallbackChain
 from storagefs.config import Settings, default_data_dir
-from storagefs.health import HealthReport
-from storagefs.metric_names import TASK_JOURNAL_REPLAY
-from storagefs.resilience import ResilientBackend, RetryPolicy
-from storagefs.telemetry import Telemetry, telemetry_from_environment
+from storagefs.observability.health import HealthReport
+from storagefs.observability.metric_names import TASK_JOURNAL_REPLAY
+from storagefs.observability.telemetry import Telemetry, telemetry_from_environment
+from storagefs.resilience.backend import ResilientBackend, RetryPolicy
 
 
 @dataclasses.dataclass

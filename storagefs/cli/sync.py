@@ -25,7 +25,7 @@ from typing import Any
 import trio
 
 from storagefs.config import Settings
-from storagefs.download_progress import DownloadProgress, human_bytes, progress_for
+from storagefs.download.progress import DownloadProgress, human_bytes, progress_for
 
 EXIT_INCOMPLETE = 1
 EXIT_INTERRUPTED = 130
@@ -70,10 +70,10 @@ def _finish(doc: Mapping[str, Any]) -> int:
 
 
 def run_standalone(settings: Settings, dry_run: bool) -> int:
-    from storagefs.download import DownloadError, opened_stack
-    from storagefs.logs import setup_logging
-    from storagefs.sync import Syncer
-    from storagefs.sync_compare import etags_are_md5
+    from storagefs.download.run import DownloadError, opened_stack
+    from storagefs.observability.logs import setup_logging
+    from storagefs.sync.compare import etags_are_md5
+    from storagefs.sync.reconcile import Syncer
 
     if not settings.secondary:
         raise SyncError("sync needs a secondary: --secondary URL (or STORAGEFS_SECONDARY)")
@@ -122,7 +122,7 @@ def run_standalone(settings: Settings, dry_run: bool) -> int:
 
 
 def _secondary_doc(mountpoint: Path) -> Mapping[str, Any]:
-    from storagefs.probe import ProbeError, read_health
+    from storagefs.cli.probe import ProbeError, read_health
 
     try:
         status = read_health(mountpoint, timeout=10.0).status

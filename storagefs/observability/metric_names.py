@@ -2,7 +2,7 @@
 
 Dashboards and alerts are written against these strings, so a rename is a breaking change:
 it happens here, and ``docs/METRICS.md`` (rendered from :data:`CATALOG` by
-``python -m storagefs.metric_names``; a test fails when the two differ) says so.
+``python -m storagefs.observability.metric_names``; a test fails when the two differ) says so.
 
 Two outlets share the names:
 
@@ -270,9 +270,9 @@ CATALOG: tuple[MetricDoc, ...] = PROMETHEUS + NEW_RELIC
 _INTRO = """\
 # Metrics and events
 
-Generated from `storagefs/metric_names.py` by `python -m storagefs.metric_names >
-docs/METRICS.md`; a test fails when this file and the code differ. Names are an interface:
-dashboards and alerts depend on them.
+Generated from `storagefs/observability/metric_names.py` by
+`python -m storagefs.observability.metric_names > docs/METRICS.md`; a test fails when this
+file and the code differ. Names are an interface: dashboards and alerts depend on them.
 
 ## Prometheus: `/.health/metrics.prom`
 

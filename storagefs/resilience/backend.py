@@ -50,7 +50,6 @@ import pybreaker
 import tenacity
 import trio
 
-from storagefs.backend_stats import ANSWERED, FAILED, OTHER, RemoteState, short_message
 from storagefs.backends.base import (
     Backend,
     BackendError,
@@ -64,6 +63,7 @@ from storagefs.backends.base import (
     start_upload,
 )
 from storagefs.config import Settings
+from storagefs.resilience.stats import ANSWERED, FAILED, OTHER, RemoteState, short_message
 
 T = TypeVar("T")
 

@@ -30,9 +30,9 @@ from typing import Any, Protocol, TypeVar
 
 import trio
 
-from storagefs import metric_names as m
 from storagefs.backends.base import Backend, ListPage, NotFound, ObjectInfo, peek
-from storagefs.redact import redact
+from storagefs.observability import metric_names as m
+from storagefs.observability.redact import redact
 
 T = TypeVar("T")
 

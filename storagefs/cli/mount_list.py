@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from storagefs import mounts_table, probe
-from storagefs.mounts_table import MOUNTS_FILE
+from storagefs.cli import mounts_table, probe
+from storagefs.cli.mounts_table import MOUNTS_FILE
 
 
 @dataclasses.dataclass(frozen=True)

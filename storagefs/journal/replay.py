@@ -34,7 +34,6 @@ from typing import Any
 
 import trio
 
-from storagefs.backend_stats import RemoteState
 from storagefs.backends.base import (
     Backend,
     BackendError,
@@ -46,8 +45,9 @@ from storagefs.backends.base import (
     PermissionDenied,
     TransientError,
 )
-from storagefs.journal import ContentCorrupt, Entry, Journal, Op
-from storagefs.logs import request_id
+from storagefs.journal.store import ContentCorrupt, Entry, Journal, Op
+from storagefs.observability.logs import request_id
+from storagefs.resilience.stats import RemoteState
 
 log = logging.getLogger("storagefs.replay")
 

@@ -48,8 +48,8 @@ from storagefs.backends.base import (
     ObjectInfo,
 )
 from storagefs.config import ConfigError, Settings
-from storagefs.download_progress import DownloadProgress, SilentProgress, human_bytes
-from storagefs.download_state import (
+from storagefs.download.progress import DownloadProgress, SilentProgress, human_bytes
+from storagefs.download.state import (
     STATE_NAME,
     Record,
     ResumeState,
@@ -58,13 +58,13 @@ from storagefs.download_state import (
     part_name,
 )
 from storagefs.fs.attrs import stored_mode, stored_mtime_ns
-from storagefs.metric_names import TASK_BULK_DOWNLOAD
+from storagefs.observability.metric_names import TASK_BULK_DOWNLOAD
+from storagefs.observability.redact import redact
 from storagefs.posix_names import component_problem
-from storagefs.redact import redact
 
 if TYPE_CHECKING:
-    from storagefs.chain import FallbackChain
-    from storagefs.stack import Stack
+    from storagefs.chain.fallback import FallbackChain
+    from storagefs.daemon.stack import Stack
 
 log = logging.getLogger("storagefs.download")
 
@@ -472,7 +472,7 @@ class BulkDownload:
 async def opened_stack(settings: Settings) -> AsyncIterator[Stack]:
     """The daemon's stack for ``settings``, opened (run its ``chain.run`` beside the work),
     closed on exit. DownloadError when it cannot be used."""
-    from storagefs.stack import build_stack  # the SDKs load only when a download runs
+    from storagefs.daemon.stack import build_stack  # the SDKs load only when a download runs
 
     base = settings.cache_dir.expanduser()
     try:
@@ -586,8 +586,8 @@ def run_cli(
     import json
     import sys
 
-    from storagefs.download_progress import progress_for
-    from storagefs.logs import setup_logging
+    from storagefs.download.progress import progress_for
+    from storagefs.observability.logs import setup_logging
 
     # Warnings and errors only: INFO lines would scroll through the progress display.
     setup_logging("DEBUG" if settings.log_level == "DEBUG" else "WARNING", settings.log_format)

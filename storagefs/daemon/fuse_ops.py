@@ -21,7 +21,7 @@ from storagefs.fs.errors import FSError
 from storagefs.fs.health_router import HealthRouter
 from storagefs.fs.inodes import Node
 from storagefs.fs.names import decode_name, encode_name
-from storagefs.logs import correlation
+from storagefs.observability.logs import correlation
 
 log = logging.getLogger("storagefs.fuse")
 

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from storagefs.redact import redact
+from storagefs.observability.redact import redact
 
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "storagefs_request_id", default=None

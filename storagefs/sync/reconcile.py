@@ -46,11 +46,11 @@ from typing import Any, Protocol
 import trio
 
 from storagefs.backends.base import Backend, BackendError, BackendUnavailable, NotFound, ObjectInfo
-from storagefs.chain import FallbackChain
+from storagefs.chain.fallback import FallbackChain
 from storagefs.config import Settings
-from storagefs.journal import Entry, Journal
-from storagefs.replay import RateLimiter
-from storagefs.sync_compare import (
+from storagefs.journal.replay import RateLimiter
+from storagefs.journal.store import Entry, Journal
+from storagefs.sync.compare import (
     MARK,
     Verdict,
     compare_listed,

@@ -17,16 +17,16 @@ import pyfuse3
 import trio
 
 from storagefs.backends.base import ConfigurationError
-from storagefs.chain import FallbackChain
+from storagefs.chain.fallback import FallbackChain
 from storagefs.config import Settings
+from storagefs.daemon.fuse_ops import StorageOperations
+from storagefs.daemon.stack import Stack, build_stack
 from storagefs.fs.core import Filesystem, FsOptions
 from storagefs.fs.health_router import HealthRouter
 from storagefs.fs.names import bad_keys_seen
-from storagefs.fuse_ops import StorageOperations
-from storagefs.health import CoreFigures
-from storagefs.stack import Stack, build_stack
-from storagefs.sync import daemon_syncer
-from storagefs.telemetry import BacklogSampler
+from storagefs.observability.health import CoreFigures
+from storagefs.observability.telemetry import BacklogSampler
+from storagefs.sync.reconcile import daemon_syncer
 
 log = logging.getLogger("storagefs.mount")
 

@@ -1,0 +1,1 @@
+"""The fallback chain over the remotes, its listing across failover, and the local cache."""

@@ -1,0 +1,1 @@
+"""The mount daemon: assembling the stack, the FUSE adapter, serving until unmounted."""

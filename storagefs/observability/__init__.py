@@ -1,0 +1,1 @@
+"""Health files, telemetry, metric names, logs and secret redaction."""

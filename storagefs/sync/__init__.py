@@ -1,0 +1,1 @@
+"""Reconciliation: copying to the secondary what it lacks of the primary."""
