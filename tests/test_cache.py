@@ -38,7 +38,7 @@ async def test_store_and_serve(tmp_path: Path) -> None:
     assert got is not None and dest.read_bytes() == b"from a file"
     page = cache.listing("")
     assert [o.key for o in page.objects] == ["a", "b"] and page.token is None
-    assert cache.stats()["hits"] == 3 and cache.stats()["misses"] == 1
+    assert cache.stats().hits == 3 and cache.stats().misses == 1
 
     await cache.copy("a", "d/c", {"mode": "1"})
     assert await cache.read("d/c", 0, 5) == b"hello"
@@ -53,7 +53,7 @@ async def test_replacing_an_object(tmp_path: Path) -> None:
     await cache.store_bytes("a", b"one", info("a", 3, "1"))
     await cache.store_bytes("a", b"second", info("a", 6, "2"))
     assert await cache.read("a", 0, 100) == b"second"
-    assert cache.stats()["bytes"] == 6 and cache.stats()["objects"] == 1
+    assert cache.stats().bytes == 6 and cache.stats().objects == 1
     files = [p for p in (tmp_path / "c" / "objects").rglob("*") if p.is_file()]
     assert len(files) == 1  # the old copy is gone
     await cache.close()
@@ -67,10 +67,10 @@ async def test_least_recently_used_goes_first(tmp_path: Path) -> None:
     await cache.store_bytes("d", bytes(1000), info("d", 1000))
     assert cache.info("b") is None
     assert {o.key for o in cache.listing("").objects} == {"a", "c", "d"}
-    assert cache.stats()["evictions"] == 1 and cache.stats()["bytes"] == 3000
+    assert cache.stats().evictions == 1 and cache.stats().bytes == 3000
 
     await cache.store_bytes("huge", bytes(5000), info("huge", 5000))  # larger than the cache
-    assert cache.info("huge") is None and cache.stats()["objects"] == 3
+    assert cache.info("huge") is None and cache.stats().objects == 3
     await cache.close()
 
 
@@ -97,7 +97,7 @@ async def test_survives_a_restart_and_drops_damage(tmp_path: Path) -> None:
 
     (directory / "index.db").write_bytes(b"garbage" * 100)
     cache = await opened(directory)  # a cache: start empty, never fail
-    assert cache.stats()["objects"] == 0
+    assert cache.stats().objects == 0
     await cache.store_bytes("new", b"n", info("new", 1))
     assert await cache.read("new", 0, 1) == b"n"
     await cache.close()
@@ -107,5 +107,5 @@ async def test_disabled_cache_holds_nothing(tmp_path: Path) -> None:
     cache = await opened(tmp_path / "c", max_bytes=0)
     await cache.store_bytes("a", b"x", info("a", 1))
     assert cache.info("a") is None and await cache.read("a", 0, 1) is None
-    assert not cache.stats()["enabled"]
+    assert not cache.stats().enabled
     await cache.close()

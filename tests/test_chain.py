@@ -168,7 +168,7 @@ async def test_all_down_reads_cache_writes_journal_then_everything_arrives(
         assert chain.journal_only_writes == 5
         assert not await chain.flush(0.2)
         status = chain.status()
-        assert verdict(chain) == "down" and status.journal["pending_entries"] == 5
+        assert verdict(chain) == "down" and status.journal.pending_entries == 5
         assert status.remotes[0].pending_ops == 5
 
         primary.set_up()
@@ -389,7 +389,7 @@ async def test_permanent_error_is_raised_and_quarantined(tmp_path: Path) -> None
         with pytest.raises(PermissionDenied):
             await chain.write_bytes("refused", b"x", META)
         assert await chain.flush(5)  # nothing left to retry
-        assert chain.journal.stats()["quarantined"] == 2  # the primary's, and the abandoned rest
+        assert chain.journal.stats().quarantined == 2  # the primary's, and the abandoned rest
         assert verdict(chain) == "degraded"
         with pytest.raises(NotFound):
             await chain.stat("refused")
@@ -405,7 +405,7 @@ async def test_permanent_error_in_write_back_mode(tmp_path: Path) -> None:
         await chain.write_bytes("refused", b"x", META)  # journaled: the caller hears success
         assert await chain.flush(5)
         assert chain.replayer.stats()["primary"].quarantined == 1
-        assert chain.journal.stats()["quarantined"] == 1
+        assert chain.journal.stats().quarantined == 1
         assert primary.calls["write_bytes"] == 1  # not retried forever
     assert "refused" not in store(primary).objects
     assert contents(secondary) == {"refused": b"x"}
@@ -441,7 +441,7 @@ async def test_content_that_rots_before_upload_is_quarantined(tmp_path: Path) ->
         primary.set_up()
         secondary.set_up()
         assert await chain.flush(5)
-        assert chain.journal.stats()["quarantined"] == 2  # one per target, none uploaded
+        assert chain.journal.stats().quarantined == 2  # one per target, none uploaded
         assert chain.replayer.stats()["primary"].quarantined == 1
     assert contents(primary) == contents(secondary) == {"fine": b"ok"}
 
@@ -552,7 +552,7 @@ async def test_status_shape(tmp_path: Path) -> None:
         await chain.write_bytes("a", b"x", META)
         status = chain.status()
     assert [r.role for r in status.remotes] == ["primary", "secondary"]
-    assert status.cache["objects"] == 1 and status.journal["max_bytes"] > 0
+    assert status.cache.objects == 1 and status.journal.max_bytes > 0
     assert status.remotes[0].replay.applied == 1
     assert status.remotes[0].state.reachable is True
 
@@ -644,7 +644,7 @@ async def test_a_lone_remote_takes_changes_directly_and_the_journal_when_down(
     async with running(tmp_path, (primary,)) as chain:
         await chain.write_bytes("a", b"direct", META)
         assert contents(primary) == {"a": b"direct"}
-        assert chain.journal.stats()["pending_entries"] == 0
+        assert chain.journal.stats().pending_entries == 0
         assert primary.calls.get("write_bytes") == 1  # once, not again by the replayer
 
         primary.set_down(BackendUnavailable("down"))
@@ -659,7 +659,7 @@ async def test_a_lone_remote_takes_changes_directly_and_the_journal_when_down(
 
         with pytest.raises(NotFound):  # a refusal that is an answer: raised, not journaled
             await chain.copy("missing", "x")
-        assert chain.journal.stats()["pending_entries"] == 0
+        assert chain.journal.stats().pending_entries == 0
 
 
 async def test_a_remote_that_just_failed_is_asked_last(tmp_path: Path) -> None:

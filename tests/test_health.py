@@ -36,6 +36,7 @@ from storagefs.backends.base import (
     TransientError,
 )
 from storagefs.backends.s3 import S3Backend
+from storagefs.chain.cache import CacheStats
 from storagefs.chain.fallback import ChainStatus, FallbackChain, RemoteView
 from storagefs.cli.main import main
 from storagefs.cli.mounts_table import storagefs_mounts
@@ -43,6 +44,7 @@ from storagefs.cli.probe import ProbeError, default_mountpoint
 from storagefs.config import Settings
 from storagefs.devtools.emulators import free_port
 from storagefs.journal.replay import TargetSnapshot
+from storagefs.journal.store import JournalStats, TargetBacklog
 from storagefs.observability import metric_names as m
 from storagefs.observability.health import (
     CoreFigures,
@@ -172,12 +174,20 @@ class StatusChain:
             name=doc["name"],
             write_mode=doc["write_mode"],
             remotes=tuple(_view(r) for r in doc["remotes"]),
-            journal=doc["journal"],
-            cache=doc["cache"],
+            journal=_journal_stats(doc["journal"]),
+            cache=CacheStats(**doc["cache"]),
             stale_reads=doc["stale_reads"],
             last_stale_read=doc.get("last_stale_read"),
             journal_only_writes=doc["journal_only_writes"],
         )
+
+
+def _journal_stats(doc: dict[str, Any]) -> JournalStats:
+    targets = {
+        name: TargetBacklog(**{"configured": True, **queue})
+        for name, queue in doc["targets"].items()
+    }
+    return JournalStats(**{**doc, "targets": targets})
 
 
 def _view(doc: dict[str, Any]) -> RemoteView:

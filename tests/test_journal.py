@@ -80,7 +80,7 @@ async def test_entry_goes_when_every_target_applied(tmp_path: Path) -> None:
 
     await journal.mark_applied(entry.seq, "secondary")
     assert journal.entry(entry.seq) is None and journal.latest("a") is None
-    assert journal.drained() and journal.stats()["pending_bytes"] == 0
+    assert journal.drained() and journal.stats().pending_bytes == 0
     await journal.barrier()  # the content file goes once the ack is surely on disk
     assert content_files(tmp_path / "j") == []
     await journal.close()
@@ -122,7 +122,7 @@ async def test_no_space_refuses_without_evicting(tmp_path: Path) -> None:
         await journal.append_put("b", src, META)
     await journal.append_delete("c")  # takes no content space
     assert journal.latest("a") is first and len(content_files(tmp_path / "j")) == 0
-    assert journal.stats()["pending_bytes"] == 60_000
+    assert journal.stats().pending_bytes == 60_000
 
     await apply_all(journal)
     await journal.append_put("b", src, META)  # fits once the first is on every target
@@ -177,7 +177,7 @@ async def test_quarantine_of_one_target(tmp_path: Path) -> None:
     assert "PermissionDenied" in described["reason"]
     kept = tmp_path / "j" / "quarantine" / f"{entry.seq}-primary.data"
     assert kept.read_bytes() == payload(BIG)
-    assert journal.stats()["quarantined"] == 1
+    assert journal.stats().quarantined == 1
     await journal.close()
 
 
@@ -282,7 +282,7 @@ async def test_sigkill_loses_no_acknowledged_append(tmp_path: Path) -> None:
         assert entry is not None and entry.key == key and entry.sha256 == sha
         data = await journal.read_content(entry, 0, 10**7)
         assert hashlib.sha256(data).hexdigest() == sha
-    assert journal.stats()["quarantined"] == 0
+    assert journal.stats().quarantined == 0
     await journal.close()
 
 
@@ -305,7 +305,7 @@ async def test_corrupt_content_is_quarantined(
     with caplog.at_level(logging.ERROR, logger="storagefs.journal"):
         journal = await opened(directory)
     assert [e.key for e in journal.pending("primary")] == ["fine"]
-    assert journal.stats()["quarantined"] == 2
+    assert journal.stats().quarantined == 2
     quarantine = directory / "quarantine"
     reasons = {
         json.loads(p.read_text())["key"]: json.loads(p.read_text())["reason"]

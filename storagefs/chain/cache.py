@@ -29,7 +29,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import trio
 
@@ -70,6 +69,20 @@ class CachedObject:
             etag=self.etag,
             metadata=dict(self.metadata) if with_metadata else None,
         )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CacheStats:
+    """One reading of the cache's figures (for health)."""
+
+    enabled: bool
+    objects: int
+    bytes: int
+    max_bytes: int
+    hits: int
+    misses: int
+    evictions: int
+    stores: int
 
 
 class Cache:
@@ -405,14 +418,14 @@ class Cache:
             with contextlib.suppress(FileNotFoundError):
                 (self.objects_dir / name).unlink()
 
-    def stats(self) -> dict[str, Any]:
-        return {
-            "enabled": self.enabled,
-            "objects": len(self._index),
-            "bytes": self.bytes,
-            "max_bytes": self.max_bytes,
-            "hits": self.hits,
-            "misses": self.misses,
-            "evictions": self.evictions,
-            "stores": self.stores,
-        }
+    def stats(self) -> CacheStats:
+        return CacheStats(
+            enabled=self.enabled,
+            objects=len(self._index),
+            bytes=self.bytes,
+            max_bytes=self.max_bytes,
+            hits=self.hits,
+            misses=self.misses,
+            evictions=self.evictions,
+            stores=self.stores,
+        )

@@ -30,7 +30,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 import trio
 
@@ -47,10 +47,10 @@ from storagefs.backends.base import (
     start_upload,
 )
 from storagefs.chain import listing
-from storagefs.chain.cache import Cache
+from storagefs.chain.cache import Cache, CacheStats
 from storagefs.config import Settings
 from storagefs.journal.replay import Outcome, Replayer, TargetSnapshot
-from storagefs.journal.store import ContentGone, Entry, Journal, Op
+from storagefs.journal.store import ContentGone, Entry, Journal, JournalStats, Op
 from storagefs.resilience.backend import RetryPolicy, answerable_elsewhere
 from storagefs.resilience.stats import RemoteSnapshot, RemoteState
 
@@ -896,7 +896,7 @@ class FallbackChain:
         replay = self.replayer.stats()
         remotes = []
         for index, remote in enumerate(self.remotes):
-            queue = journal["targets"].get(remote.name, {})
+            queue = journal.targets.get(remote.name)
             role = "primary" if index == 0 else "secondary" if index == 1 else f"remote{index}"
             remotes.append(
                 RemoteView(
@@ -905,9 +905,9 @@ class FallbackChain:
                     backend=remote.describe(),
                     state=self.state_of[remote.name].snapshot(),
                     replay=replay[remote.name],
-                    pending_ops=queue.get("pending_ops", 0),
-                    pending_bytes=queue.get("pending_bytes", 0),
-                    oldest_pending_age=queue.get("oldest_age"),
+                    pending_ops=queue.pending_ops if queue else 0,
+                    pending_bytes=queue.pending_bytes if queue else 0,
+                    oldest_pending_age=queue.oldest_age if queue else None,
                 )
             )
         return ChainStatus(
@@ -943,8 +943,8 @@ class ChainStatus:
     name: str
     write_mode: str
     remotes: tuple[RemoteView, ...]
-    journal: Mapping[str, Any]  # Journal.stats(): the journal's own figures
-    cache: Mapping[str, Any]  # Cache.stats()
+    journal: JournalStats
+    cache: CacheStats
     stale_reads: int
     last_stale_read: float | None  # wall clock
     journal_only_writes: int

@@ -103,7 +103,7 @@ async def serve(
         failed_uploads=fs.failed_files,
         abandoned_uploads=fs.abandoned_uploads,
     )
-    fs.journal_room = lambda: chain.journal.max_bytes - int(chain.journal.stats()["pending_bytes"])
+    fs.journal_room = lambda: chain.journal.max_bytes - chain.journal.stats().pending_bytes
     syncer = daemon_syncer(chain, settings, cache)
     if syncer is not None:
         stack.health.sync = syncer.snapshot
@@ -157,7 +157,7 @@ def _refuse_unusable_start(stack: Stack) -> None:
 
 def _backlog(chain: FallbackChain) -> tuple[int, int]:
     stats = chain.journal.stats()
-    return int(stats["pending_entries"]), int(stats["pending_bytes"])
+    return stats.pending_entries, stats.pending_bytes
 
 
 async def _upload_dirty(fs: Filesystem) -> None:

@@ -132,6 +132,29 @@ def _disk_full_is_no_space() -> Iterator[None]:
         raise NoSpace(f"no space left for the journal index: {exc}") from exc
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class TargetBacklog:
+    """What the journal still owes one target."""
+
+    pending_ops: int
+    pending_bytes: int
+    oldest_age: float | None  # seconds
+    configured: bool  # False: a target of an earlier configuration, still owed entries
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class JournalStats:
+    """One reading of the journal's figures (for health, telemetry, df)."""
+
+    pending_entries: int
+    pending_bytes: int
+    max_bytes: int
+    oldest_age: float | None  # seconds
+    quarantined: int
+    recovered_orphans: int
+    targets: Mapping[str, TargetBacklog]
+
+
 class Journal:
     """Durable record of backend mutations, drained by :class:`storagefs.replay.Replayer`."""
 
@@ -778,27 +801,27 @@ class Journal:
         chosen = self.targets if targets is None else targets
         return not any(self._queues.get(t) for t in chosen)
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> JournalStats:
         now = time.time()
-        per_target: dict[str, dict[str, Any]] = {}
+        per_target: dict[str, TargetBacklog] = {}
         for target, queue in self._queues.items():
             entries = [self._entries[s] for s in queue if s in self._entries]
-            per_target[target] = {
-                "pending_ops": len(entries),
-                "pending_bytes": sum(e.size for e in entries if e.op is Op.PUT),
-                "oldest_age": round(now - entries[0].created, 3) if entries else None,
-                "configured": target in self.targets,
-            }
+            per_target[target] = TargetBacklog(
+                pending_ops=len(entries),
+                pending_bytes=sum(e.size for e in entries if e.op is Op.PUT),
+                oldest_age=round(now - entries[0].created, 3) if entries else None,
+                configured=target in self.targets,
+            )
         oldest = next(iter(self._entries.values()), None)
-        return {
-            "pending_entries": len(self._entries),
-            "pending_bytes": self._bytes,
-            "max_bytes": self.max_bytes,
-            "oldest_age": round(now - oldest.created, 3) if oldest else None,
-            "quarantined": self.quarantined,
-            "recovered_orphans": self.recovered_orphans,
-            "targets": per_target,
-        }
+        return JournalStats(
+            pending_entries=len(self._entries),
+            pending_bytes=self._bytes,
+            max_bytes=self.max_bytes,
+            oldest_age=round(now - oldest.created, 3) if oldest else None,
+            quarantined=self.quarantined,
+            recovered_orphans=self.recovered_orphans,
+            targets=per_target,
+        )
 
     # --- content access ------------------------------------------------------------------------
 

@@ -39,7 +39,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from storagefs import exit_codes
+from storagefs.chain.cache import CacheStats
 from storagefs.chain.fallback import ChainStatus, RemoteView
+from storagefs.journal.store import JournalStats
 from storagefs.observability import metric_names as m
 from storagefs.observability.redact import redact
 from storagefs.resilience.stats import RemoteSnapshot
@@ -295,8 +297,8 @@ class HealthReport:
         core = core if isinstance(core, CoreFigures) else CoreFigures()
 
         views = chain.remotes if chain is not None else ()
-        journal = _journal_doc(chain.journal if chain else {}, views, chain)
-        cache = _cache_doc(chain.cache if chain else {})
+        journal = _journal_doc(chain.journal if chain else None, views, chain)
+        cache = _cache_doc(chain.cache if chain else None)
         remotes, backends = self._remotes(views, stats, journal)
         stale_reads = chain.stale_reads if chain else 0
         stale_recent = self._recent_stale(stale_reads, chain.last_stale_read if chain else None)
@@ -483,46 +485,40 @@ def _journal_reasons(journal: Mapping[str, Any], rules: HealthRules) -> list[str
 
 
 def _journal_doc(
-    raw: Mapping[str, Any], views: Sequence[RemoteView], chain: ChainStatus | None
+    stats: JournalStats | None, views: Sequence[RemoteView], chain: ChainStatus | None
 ) -> dict[str, Any]:
     per_backend: dict[str, dict[str, Any]] = {}
     replay_of = {view.name: view.replay for view in views}
-    for name, queue in _map(raw.get("targets")).items():
-        queue = _map(queue)
-        replay = replay_of.get(str(name))
-        per_backend[str(name)] = {
-            "pending_ops": _int(queue.get("pending_ops")),
-            "pending_bytes": _int(queue.get("pending_bytes")),
-            "oldest_age_s": _num(queue.get("oldest_age")),
+    targets = stats.targets if stats is not None else {}
+    for name, queue in targets.items():
+        replay = replay_of.get(name)
+        per_backend[name] = {
+            "pending_ops": queue.pending_ops,
+            "pending_bytes": queue.pending_bytes,
+            "oldest_age_s": queue.oldest_age,
             "replay_up": replay.up if replay is not None else None,
             "applied": replay.applied if replay is not None else 0,
             "quarantined": replay.quarantined if replay is not None else 0,
         }
     return {
-        "pending_entries": _int(raw.get("pending_entries")),
-        "pending_bytes": _int(raw.get("pending_bytes")),
-        "max_bytes": _int(raw.get("max_bytes")),
-        "oldest_age_s": _num(raw.get("oldest_age")),
-        "quarantined": _int(raw.get("quarantined")),
-        "recovered_orphans": _int(raw.get("recovered_orphans")),
+        "pending_entries": stats.pending_entries if stats else 0,
+        "pending_bytes": stats.pending_bytes if stats else 0,
+        "max_bytes": stats.max_bytes if stats else 0,
+        "oldest_age_s": stats.oldest_age if stats else None,
+        "quarantined": stats.quarantined if stats else 0,
+        "recovered_orphans": stats.recovered_orphans if stats else 0,
         "write_mode": chain.write_mode if chain is not None else None,
         "backends": per_backend,
     }
 
 
-def _cache_doc(raw: Mapping[str, Any]) -> dict[str, Any]:
-    hits, misses = _int(raw.get("hits")), _int(raw.get("misses"))
-    return {
-        "enabled": bool(raw.get("enabled", False)),
-        "objects": _int(raw.get("objects")),
-        "bytes": _int(raw.get("bytes")),
-        "max_bytes": _int(raw.get("max_bytes")),
-        "hits": hits,
-        "misses": misses,
-        "hit_rate": hits / (hits + misses) if hits + misses else None,
-        "evictions": _int(raw.get("evictions")),
-        "stores": _int(raw.get("stores")),
-    }
+def _cache_doc(stats: CacheStats | None) -> dict[str, Any]:
+    if stats is None:
+        stats = CacheStats(False, 0, 0, 0, 0, 0, 0, 0)
+    doc: dict[str, Any] = dataclasses.asdict(stats)
+    looked = stats.hits + stats.misses
+    doc["hit_rate"] = stats.hits / looked if looked else None
+    return doc
 
 
 # --- Prometheus -------------------------------------------------------------------------------

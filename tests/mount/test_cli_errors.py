@@ -37,9 +37,30 @@ def test_a_rejected_fuse_option_shows_fuses_reason(store: Store, tmp_path: Path)
     mp = tmp_path / "mnt"
     mp.mkdir()
     env = {"STORAGEFS_PRIMARY": store.url, "STORAGEFS_CACHE_DIR": str(tmp_path / "cache")}
+    # storagefs knows the options libfuse takes, so a typo is caught before FUSE sees it...
     line = one_line(storagefs("mount", str(mp), "-o", "nosuchoption", env=env))
-    assert "unknown option" in line and "nosuchoption" in line
+    assert "unknown mount option 'nosuchoption'" in line
     assert not is_mounted(mp)
+
+
+def test_fuses_own_reason_is_relayed_from_this_runs_log(tmp_path: Path) -> None:
+    # ... and what libfuse itself refuses (e.g. allow_other for a user without
+    # user_allow_other in /etc/fuse.conf) reaches the console with libfuse's own words, read
+    # from the background daemon's log, this run's part only.
+    from storagefs.cli.main import _last_error
+
+    log = tmp_path / "daemon.log"
+    log.write_text("fuse: an earlier run's complaint\nstoragefs: error: earlier\n")
+    start = log.stat().st_size
+    with open(log, "a") as f:
+        f.write("INFO starting\n")
+        f.write("fuse: option allow_other only allowed if 'user_allow_other' is set\n")
+        f.write("storagefs: error: cannot mount on /mnt: FUSE refused the mount options\n")
+    assert _last_error(log, start) == (
+        "cannot mount on /mnt: FUSE refused the mount options"
+        " (fuse: option allow_other only allowed if 'user_allow_other' is set)"
+    )
+    assert _last_error(log, log.stat().st_size) is None
 
 
 @pytest.mark.parametrize("store", [LOCAL], indirect=True)
