@@ -13,6 +13,7 @@ input or a store that does not answer, 130 interrupted.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import signal
@@ -99,7 +100,8 @@ def run_standalone(settings: Settings, dry_run: bool) -> int:
             if dry_run:
                 for info in syncer.plan:
                     print(f"would copy {info.key} ({human_bytes(info.size)})")
-            return syncer.snapshot()
+            # The same fields as the mount's status.json section, which the other path reads.
+            return dataclasses.asdict(syncer.snapshot())
 
     from storagefs.backends.base import BackendError
 

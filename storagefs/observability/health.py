@@ -45,6 +45,7 @@ from storagefs.journal.store import JournalStats
 from storagefs.observability import metric_names as m
 from storagefs.observability.redact import redact
 from storagefs.resilience.stats import RemoteSnapshot
+from storagefs.sync.reconcile import SyncSnapshot
 
 log = logging.getLogger("storagefs.health")
 
@@ -169,7 +170,7 @@ class Snapshot:
     core: CoreFigures
     report_errors: int
     rules: HealthRules
-    secondary: dict[str, Any] | None = None  # reconciliation (storagefs.sync), when it runs
+    secondary: SyncSnapshot | None = None  # reconciliation (storagefs.sync), when it runs
 
     def status_doc(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
@@ -191,7 +192,7 @@ class Snapshot:
             "rules": dataclasses.asdict(self.rules),
         }
         if self.secondary is not None:
-            doc["secondary"] = self.secondary
+            doc["secondary"] = _secondary_doc(self.secondary)
         return doc
 
 
@@ -219,7 +220,7 @@ class HealthReport:
         self.chain = chain
         self.core = core
         # The reconciliation's progress (Syncer.snapshot), set by the daemon when it runs one.
-        self.sync: Callable[[], Mapping[str, Any]] | None = None
+        self.sync: Callable[[], SyncSnapshot] | None = None
         self.rules = rules or HealthRules()
         self._clock = clock
         self._wall_clock = wall_clock
@@ -305,9 +306,9 @@ class HealthReport:
 
         reasons = self._reasons(remotes, backends, journal, stale_recent)
         secondary = self._read("secondary", self.sync, problems) if self.sync else None
-        secondary = dict(secondary) if isinstance(secondary, Mapping) else None
-        if secondary and secondary.get("reason"):  # a secondary that lacks objects
-            reasons.append(str(secondary["reason"]))
+        secondary = secondary if isinstance(secondary, SyncSnapshot) else None
+        if secondary is not None and secondary.incomplete:  # a secondary that lacks objects
+            reasons.append(_sync_reason(secondary))
         reasons.extend(problems)
         if remotes and not any(r["available"] for r in remotes):
             status = DOWN
@@ -518,6 +519,22 @@ def _cache_doc(stats: CacheStats | None) -> dict[str, Any]:
     doc: dict[str, Any] = dataclasses.asdict(stats)
     looked = stats.hits + stats.misses
     doc["hit_rate"] = stats.hits / looked if looked else None
+    return doc
+
+
+def _sync_reason(snap: SyncSnapshot) -> str:
+    found = " found so far" if snap.counting else ""
+    return (
+        f"failover is incomplete: the secondary lacks {snap.behind_objects} object(s),"
+        f" {snap.behind_bytes} bytes{found} of the primary; reconciliation is {snap.state}"
+    )
+
+
+def _secondary_doc(snap: SyncSnapshot) -> dict[str, Any]:
+    doc: dict[str, Any] = dataclasses.asdict(snap)
+    doc["failed_keys"] = list(snap.failed_keys)
+    if snap.incomplete:
+        doc["reason"] = _sync_reason(snap)
     return doc
 
 

@@ -41,7 +41,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import trio
 
@@ -94,6 +94,40 @@ class Figures:
     last_complete_at: float | None = None
     last_error: str | None = None
     passes: int = 0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SyncSnapshot:
+    """One reading of :class:`Figures` for the health report (the first ten failed keys)."""
+
+    state: str
+    walking: bool
+    listed_objects: int
+    behind_objects: int
+    behind_bytes: int
+    copied_objects: int
+    copied_bytes: int
+    skipped_pending: int
+    extra_objects: int
+    failed_objects: int
+    failed_keys: tuple[str, ...]
+    resumed_after: str | None
+    pass_started_at: float | None
+    last_complete_at: float | None
+    last_error: str | None
+    passes: int
+    pid: int
+
+    @property
+    def incomplete(self) -> bool:
+        """Known to lack objects: some found behind, or no pass has ever completed (a later
+        pass that has found nothing yet does not make a complete secondary doubtful)."""
+        return bool(self.behind_objects) or self.last_complete_at is None
+
+    @property
+    def counting(self) -> bool:
+        """The figures may still grow: the listings are being compared, or a pass waits."""
+        return self.walking or self.state in (WAITING, PAUSED)
 
 
 class Progress(Protocol):
@@ -238,22 +272,11 @@ class Syncer:
                 log.info("SIGUSR1: reconciliation pass requested")
                 self.kick()
 
-    def snapshot(self) -> dict[str, Any]:
-        """The ``secondary`` section of status.json (plain JSON types)."""
-        doc = dataclasses.asdict(self.figures)
-        doc["pid"] = os.getpid()
-        doc["failed_keys"] = doc["failed_keys"][:10]
-        f = self.figures
-        # Known to be incomplete: objects found behind, or no pass has ever completed (a
-        # later pass that has found nothing yet does not make a complete secondary doubtful).
-        if f.behind_objects or f.last_complete_at is None:
-            doc["reason"] = (
-                "failover is incomplete: the secondary lacks"
-                f" {f.behind_objects} object(s), {f.behind_bytes} bytes"
-                f"{' found so far' if f.walking or f.state in (WAITING, PAUSED) else ''}"
-                f" of the primary; reconciliation is {f.state}"
-            )
-        return doc
+    def snapshot(self) -> SyncSnapshot:
+        """A frozen reading of the progress; health decides what it means."""
+        f = dataclasses.asdict(self.figures)
+        f["failed_keys"] = tuple(f["failed_keys"][:10])
+        return SyncSnapshot(**f, pid=os.getpid())
 
     # --- one pass ---------------------------------------------------------------------------
 
