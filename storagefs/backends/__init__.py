@@ -120,3 +120,18 @@ def _is_ip(text: str) -> bool:
 def _redact(url: str) -> str:
     # Never echo a password someone put into the URL.
     return re.sub(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@]*@", r"\1***@", url)
+
+
+MAX_KEY_BYTES = 1024  # S3's and Azure Blob's limit on a key (blob name), prefix included
+_PATH_MAX = 4096  # Linux, terminating NUL included
+
+
+def key_room(url: str) -> int:
+    """Bytes a key below ``url`` may have: 1,024 minus the prefix on S3 and Azure; PATH_MAX
+    minus the root (and its slash and the terminating NUL) in a local directory."""
+    parts = urlsplit(url)
+    path = unquote(parts.path)
+    if parts.scheme == "file":
+        return _PATH_MAX - len(path.rstrip("/").encode()) - 2
+    prefix = path.strip("/")
+    return MAX_KEY_BYTES - (len(prefix.encode()) + 1 if prefix else 0)

@@ -16,6 +16,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
+from storagefs.backends import key_room
 from storagefs.backends.base import ConfigurationError
 from storagefs.chain.fallback import FallbackChain
 from storagefs.config import Settings
@@ -80,6 +81,9 @@ def fs_options(settings: Settings, cache: Path, read_only: bool) -> FsOptions:
         listing_head_parallelism=settings.max_requests,
         stream_part_size=settings.multipart_chunksize,
         stream_parallelism=settings.transfer_concurrency,
+        max_key_bytes=min(
+            key_room(url) for url in (settings.resolved_primary(), settings.secondary) if url
+        ),
     )
 
 

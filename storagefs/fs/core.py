@@ -44,6 +44,7 @@ from storagefs.fs.names import (
     check_new_name,
     child_path,
     dir_prefix,
+    encode_name,
     parent_and_name,
 )
 from storagefs.fs.space import statvfs
@@ -80,6 +81,8 @@ class FsOptions:
     readahead_chunks: int = 4
     # Read chunks held or in flight across all open files together (see ReadBudget).
     read_budget: int = 128 * 1024 * 1024
+    # The longest key (below the URLs' prefixes) every remote can store; see key_room().
+    max_key_bytes: int = 1024
     # Owner and modes of objects that carry no stored attributes (and of the root).
     uid: int = dataclasses.field(default_factory=os.getuid)
     gid: int = dataclasses.field(default_factory=os.getgid)
@@ -282,6 +285,13 @@ class Filesystem:
 
     def _expiry(self) -> float:
         return self._now() + self.options.metadata_ttl
+
+    def _check_room(self, key: str) -> None:
+        """A new name whose key the stores cannot hold is ENAMETOOLONG now, not EIO at close
+        (S3 and Azure take keys of at most 1,024 bytes, the URL's prefix included)."""
+        if len(encode_name(key)) > self.options.max_key_bytes:
+            limit = self.options.max_key_bytes
+            raise FSError(errno.ENAMETOOLONG, f"a key longer than {limit} bytes")
 
     def _check_writable(self) -> None:
         if self.options.read_only:
@@ -664,6 +674,7 @@ class Filesystem:
         check_new_name(name)
         assert parent.path is not None
         path = child_path(parent.path, name)
+        self._check_room(dir_prefix(path))
         await self._ensure_absent(path)
         attrs = self._new_attrs(parent, stat.S_IFDIR, mode, uid, gid)
         meta = attrs.to_metadata()
@@ -703,6 +714,7 @@ class Filesystem:
         check_new_name(name)
         assert parent.path is not None
         path = child_path(parent.path, name)
+        self._check_room(path)
         await self._ensure_absent(path)
         attrs = self._new_attrs(parent, stat.S_IFMT(mode), mode, uid, gid, len(body))
         if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
@@ -866,6 +878,7 @@ class Filesystem:
         check_new_name(name)
         assert parent.path is not None
         path = child_path(parent.path, name)
+        self._check_room(path)
         existing = self.inodes.by_path(path)
         if existing is not None and path_is_open(self, existing) and flags & os.O_EXCL:
             raise FSError(errno.EEXIST)
@@ -1104,6 +1117,7 @@ class Filesystem:
         dst = child_path(new_parent.path, new_name)
         node = await self.lookup(old_parent_ino, old_name)
         node.lookups -= 1
+        self._check_room(dir_prefix(dst) if node.attrs.is_dir else dst)
         if src == dst:
             return
         if node.attrs.is_dir and (dst + "/").startswith(src + "/"):

@@ -135,6 +135,38 @@ async def test_name_too_long(fs: Filesystem) -> None:
     assert errno_of(e) == errno.ENAMETOOLONG
 
 
+async def test_a_key_the_stores_cannot_hold_is_enametoolong(
+    backend: MemoryBackend, tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    # Every component is a legal name, but the whole key is over what the stores take (S3 and
+    # Azure: 1,024 bytes): refused when the name is made, not with EIO at close.
+    fs = make_fs(backend, tmp_path, max_key_bytes=24)
+    fs.attach(nursery)
+    d = await fs.mkdir(ROOT_INODE, "d" * 10, 0o755, 0, 0)  # "dddddddddd/": 11 bytes
+    fh, _ = await fs.create(d.ino, "f" * 13, 0o644, os.O_WRONLY, 0, 0)  # 24 bytes: fits
+    await fs.release(fh)
+    calls = {
+        "create": fs.create(d.ino, "f" * 14, 0o644, os.O_WRONLY, 0, 0),
+        "mkdir": fs.mkdir(d.ino, "e" * 13, 0o755, 0, 0),  # 24 + the marker's "/"
+        "symlink": fs.symlink(d.ino, "s" * 14, b"target", 0, 0),
+        "rename": fs.rename(d.ino, "f" * 13, d.ino, "g" * 14),
+    }
+    for name, call in calls.items():
+        with pytest.raises(FSError) as e:
+            await call
+        assert errno_of(e) == errno.ENAMETOOLONG, name
+    assert sorted(backend.objects) == ["dddddddddd/", "dddddddddd/" + "f" * 13]
+
+
+def test_key_room_per_store() -> None:
+    from storagefs.backends import key_room
+
+    assert key_room("s3://bucket") == 1024
+    assert key_room("s3://bucket/docs/2026") == 1024 - len("docs/2026/")
+    assert key_room("azure://container/x") == 1022
+    assert key_room("file:///srv/bucket") == 4096 - len("/srv/bucket") - 2
+
+
 async def test_read_only(backend: MemoryBackend, tmp_path: Path, nursery: trio.Nursery) -> None:
     await backend.write_bytes("f", b"x", {})
     fs = make_fs(backend, tmp_path, read_only=True)
