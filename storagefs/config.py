@@ -188,6 +188,13 @@ class Settings(BaseSettings):
         description="Seconds a change waits in the journal before replay (back mode), so a"
         " rename or attribute change right after close is folded in (rsync's temp files).",
     )
+    held_names: str = Field(
+        default=".*.??????",
+        description="Comma-separated globs of temporary file names (default: rsync's"
+        " '.NAME.XXXXXX'). In write-through mode such a file is not uploaded at close: it waits"
+        " write_back_delay in the journal, so the rename that follows uploads it once, under"
+        " its final name, and that rename waits for the primary as a close would. Empty: off.",
+    )
     journal_max_bytes: int = Field(default=10 * 1024**3, gt=0)
     cache_max_bytes: int = Field(
         default=2 * 1024**3,

@@ -128,9 +128,7 @@ class Backend(Protocol):
         """Upload the local file ``source`` as ``key`` (multipart/blocks when large)."""
         ...
 
-    async def write_bytes(
-        self, key: str, data: bytes, metadata: Mapping[str, str]
-    ) -> ObjectInfo:
+    async def write_bytes(self, key: str, data: bytes, metadata: Mapping[str, str]) -> ObjectInfo:
         """Upload a small object from memory (directory markers, tiny files)."""
         ...
 
@@ -184,7 +182,6 @@ async def peek(backend: Backend, key: str, length: int) -> tuple[ObjectInfo, byt
     return info, data
 
 
-
 class Upload(Protocol):
     """An object uploaded in parts while it is still being written (S3 multipart upload).
 
@@ -203,9 +200,7 @@ class Upload(Protocol):
         ...
 
 
-async def start_upload(
-    backend: Backend, key: str, metadata: Mapping[str, str]
-) -> Upload | None:
+async def start_upload(backend: Backend, key: str, metadata: Mapping[str, str]) -> Upload | None:
     """A streaming upload of ``key``, or None when ``backend`` has none (then upload the
     finished file with ``write``). Optional like :func:`peek`: S3 has it, Azure and local
     directories do not."""
@@ -214,3 +209,26 @@ async def start_upload(
         return None
     upload: Upload | None = await own(key, metadata)
     return upload
+
+
+# A journal in front of the stores (the chain) can drop changes that never reached any store.
+# These two are optional like peek: plain backends apply every change at once, so to them a
+# new key is nothing to remember and there is never anything to forget.
+
+
+def note_created(backend: Backend, key: str) -> None:
+    """``key`` was just made new: no store holds it (the caller looked it up)."""
+    own = getattr(backend, "note_created", None)
+    if own is not None:
+        own(key)
+
+
+async def forget_unstored(backend: Backend, key: str) -> bool:
+    """Drop the pending changes of ``key`` when no store has ever held it since
+    :func:`note_created`, so removing it (an unlink, a rename away) needs no request. False,
+    dropping nothing, when a store may hold it: then delete it as usual."""
+    own = getattr(backend, "forget_unstored", None)
+    if own is None:
+        return False
+    forgotten: bool = await own(key)
+    return forgotten

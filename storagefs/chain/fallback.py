@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
+import fnmatch
 import functools
 import logging
 import math
@@ -63,6 +64,7 @@ CACHE = "cache"  # the name the local copies go by in listing tokens
 CACHE_QUEUE = 256  # small direct writes waiting to be copied into the cache
 SMALL_CACHE_COPY = 1024 * 1024  # larger direct writes are not copied into the cache
 PROBE_INTERVAL = 1.0  # seconds between health probes of an unwell remote
+_UNSTORED_MAX = 100_000  # new keys remembered as held by no store (FallbackChain.note_created)
 
 
 class _AllDown(Exception):
@@ -161,6 +163,14 @@ class FallbackChain:
                 self._chain_fed.add(remote.name)
             self.state_of[remote.name] = state
         self._write_floor = policy.min_bandwidth
+        self._held_globs = [g.strip() for g in settings.held_names.split(",") if g.strip()]
+        # Keys made new through the mount that no store has held since: their pending changes
+        # can simply be dropped when the file goes (see forget_unstored). Only keys whose
+        # changes always go through the journal (held names, write-back) are tracked.
+        self._unstored: set[str] = set()
+        # Held names whose file is too big for the journal to hold comfortably: they go the
+        # way of any other file (straight to the primary, streamed).
+        self._too_big_to_hold: set[str] = set()
         self.replayer = Replayer(
             journal,
             self.remotes,
@@ -169,8 +179,10 @@ class FallbackChain:
             initial_backoff=settings.retry_initial_backoff,
             max_backoff=settings.breaker_reset,
             on_result=self._replayed,
+            on_applied=self._reached_store,
             refusal_abandons=settings.write_mode == "through",
-            settle=settings.write_back_delay if settings.write_mode == "back" else 0.0,
+            settle=settings.write_back_delay,
+            settles=None if settings.write_mode == "back" else self.held,
             states=self.state_of,
         )
         self._cache_queue: trio.MemorySendChannel[Callable[[], Awaitable[None]]] | None = None
@@ -730,10 +742,50 @@ class FallbackChain:
     # order) does the change go through the journal. With a secondary, every change is
     # journaled first, so the secondary gets it even if the daemon dies right after.
 
+    def held(self, key: str) -> bool:
+        """A temporary name (``STORAGEFS_HELD_NAMES``, rsync's ``.NAME.XXXXXX`` by default)
+        in write-through mode: its changes wait ``write_back_delay`` in the journal and are not
+        waited for, so the utime, chmod and rename that follow within milliseconds fold into
+        one upload under the final name — which the rename then waits for, as a close would."""
+        if self.settings.write_mode != "through" or not self._held_globs:
+            return False
+        if key in self._too_big_to_hold:
+            return False
+        name = key.rstrip("/").rpartition("/")[2]
+        return any(fnmatch.fnmatchcase(name, glob) for glob in self._held_globs)
+
+    def note_created(self, key: str) -> None:
+        if self.settings.write_mode == "back" or self.held(key):
+            if len(self._unstored) >= _UNSTORED_MAX:
+                self._unstored.clear()  # forgetting only costs a DELETE request later
+            self._unstored.add(key)
+
+    def _reached_store(self, entry: Entry) -> None:
+        self._unstored.discard(entry.key)
+
+    async def forget_unstored(self, key: str) -> bool:
+        """Drop the pending PUTs of ``key`` if no store has held it since it was made (see
+        :func:`storagefs.backends.base.forget_unstored`): rsync's temporary file, renamed,
+        then costs no DELETE request."""
+        entries = self.journal.entries_of(key)
+        if (
+            key not in self._unstored
+            or any(e.op is not Op.PUT for e in entries)
+            or self.journal.read_by_copy(key)
+        ):
+            await trio.lowlevel.checkpoint()
+            return False
+        if not await self.replayer.withdraw(entries):
+            return False
+        self._unstored.discard(key)
+        await self._cache_best_effort(self.cache.discard(key))
+        return True
+
     def _direct(self, *keys: str) -> bool:
         return (
             len(self.remotes) == 1
             and self.settings.write_mode == "through"
+            and not any(self.held(k) for k in keys)
             and self.replayer.is_up(self.primary.name)
             and not self.state_of[self.primary.name].unwell()
             and all(self.journal.latest(k) is None for k in keys)
@@ -760,10 +812,13 @@ class FallbackChain:
         return False, None  # too slow: the journal takes it (an upload replayed is idempotent)
 
     async def write(self, key: str, source: str, metadata: Mapping[str, str]) -> ObjectInfo:
+        size = Path(source).stat().st_size
+        if size > self.settings.journal_max_bytes // 4 and self.held(key):
+            if len(self._too_big_to_hold) >= _UNSTORED_MAX:
+                self._too_big_to_hold.clear()
+            self._too_big_to_hold.add(key)
         if self._direct(key):
-            done, info = await self._try_direct(
-                lambda r: r.write(key, source, metadata), Path(source).stat().st_size
-            )
+            done, info = await self._try_direct(lambda r: r.write(key, source, metadata), size)
             if done and info is not None:
                 if info.size <= SMALL_CACHE_COPY:
                     with open(source, "rb") as f:  # small and local: cheaper than a thread hop
@@ -774,7 +829,7 @@ class FallbackChain:
                     await self._cache_soon(lambda: self.cache.discard(key))
                 return info
         entry = await self.journal.append_put(key, source, metadata)
-        await self._cache_entry(entry)
+        await self._cache_journaled(entry)
         info = await self._settle(entry)
         assert info is not None
         return info
@@ -816,6 +871,7 @@ class FallbackChain:
             if done:
                 await self._cache_soon(lambda: self.cache.discard(key))
                 return
+        self._unstored.discard(key)
         entry = await self.journal.append_delete(key)
         await self._cache_best_effort(self.cache.discard(key))
         await self._settle(entry)
@@ -829,16 +885,47 @@ class FallbackChain:
                 meta = info.metadata
                 await self._cache_soon(lambda: self.cache.copy(src, dst, meta))
                 return info
+        pending = self.journal.latest(src)
+        if pending is not None and pending.op is Op.PUT and self._direct(dst):
+            # A held temporary file renamed to its final name: its content is here, so the
+            # final name is uploaded straight from the journal, once, as a close would.
+            info = await self._write_pending(pending, dst, metadata)
+            if info is not None:
+                return info
         source = await self.stat(src)  # NotFound for a missing source, as a store would say
         meta = dict(metadata) if metadata is not None else dict(source.metadata or {})
         entry = await self.journal.append_copy(src, dst, meta, size=source.size)
         if entry.op is Op.PUT:
-            await self._cache_entry(entry)
+            await self._cache_journaled(entry)
         else:
             await self._cache_best_effort(self.cache.copy(src, dst, meta))
         info = await self._settle(entry)
         assert info is not None
         return info
+
+    async def _write_pending(
+        self, entry: Entry, dst: str, metadata: Mapping[str, str] | None
+    ) -> ObjectInfo | None:
+        """Write ``entry``'s journaled content to the primary as ``dst``; None when the
+        primary does not take it in time (the caller journals the copy instead)."""
+        meta = dict(metadata) if metadata is not None else dict(entry.metadata or {})
+        path = self.journal.content_path(entry)
+        if path is not None:
+            source = str(path)
+            done, info = await self._try_direct(lambda r: r.write(dst, source, meta), entry.size)
+            if done and info is not None:
+                await self._cache_soon(lambda: self.cache.discard(dst))
+            return info if done else None
+        try:
+            data = await self.journal.read_content(entry, 0, entry.size)
+        except ContentGone:
+            return None
+        done, info = await self._try_direct(lambda r: r.write_bytes(dst, data, meta), len(data))
+        if not done or info is None:
+            return None
+        written = info
+        await self._cache_soon(lambda: self.cache.store_bytes(dst, data, written))
+        return written
 
     def _journal_info(self, entry: Entry) -> ObjectInfo:
         meta = dict(entry.metadata) if entry.metadata is not None else {}
@@ -847,7 +934,7 @@ class FallbackChain:
     async def _settle(self, entry: Entry) -> ObjectInfo | None:
         """Wait for the primary as the write mode says; what the caller gets back."""
         fallback = None if entry.op is Op.DELETE else self._journal_info(entry)
-        if self.settings.write_mode == "back":
+        if self.settings.write_mode == "back" or self.held(entry.key):
             await trio.lowlevel.checkpoint()
             return fallback
         result = await self.replayer.wait(
@@ -868,6 +955,14 @@ class FallbackChain:
             "is not answering" if result.outcome is Outcome.UNAVAILABLE else "is too slow",
         )  # fmt: skip
         return fallback
+
+    async def _cache_journaled(self, entry: Entry) -> None:
+        if self.held(entry.key):
+            # A temporary name: the journal serves it until it is renamed, a moment from now;
+            # copying it into the cache would cost more than that upload. An older copy goes.
+            await self._cache_soon(lambda: self.cache.discard(entry.key))
+            return
+        await self._cache_entry(entry)
 
     async def _cache_entry(self, entry: Entry) -> None:
         info = self._journal_info(entry)

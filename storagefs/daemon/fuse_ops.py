@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import functools
 import logging
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, ParamSpec, TypeVar
 
@@ -71,8 +72,12 @@ class StorageOperations(pyfuse3.Operations):
         e = pyfuse3.EntryAttributes()
         e.st_ino = node.ino
         e.generation = 0
-        e.entry_timeout = self.timeout
-        e.attr_timeout = self.timeout
+        # The kernel may trust the entry as long as the daemon does (Node.expires is on
+        # time.monotonic()), never longer: an entry from a listing near its end must not be
+        # cached for a whole TTL more.
+        ttl = min(self.timeout, max(0.0, node.expires - time.monotonic()))
+        e.entry_timeout = ttl
+        e.attr_timeout = ttl
         e.st_mode = a.mode
         # No hard links, so files have one link; directories say 1 like btrfs (the count of
         # subdirectories is unknown without a listing), which find(1) reads as "don't prune".
@@ -201,9 +206,7 @@ class StorageOperations(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=fh), self._entry(node)
 
     @_guarded
-    async def open(
-        self, inode: int, flags: int, ctx: pyfuse3.RequestContext
-    ) -> pyfuse3.FileInfo:
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         fh, keep_cache = await self.fs.open(inode, flags)
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep_cache, direct_io=self.fs.is_virtual(fh))
 

@@ -32,10 +32,12 @@ from storagefs.backends.base import (
     NotFound,
     ObjectInfo,
     TransientError,
+    forget_unstored,
+    note_created,
     peek,
 )
 from storagefs.fs.attrs import OBJECT_TYPES, Attrs, Defaults, attrs_from_object
-from storagefs.fs.dirs import DirCache, Entry, Listing, list_directory
+from storagefs.fs.dirs import LIST_PAGE, DirCache, Entry, Listing, list_directory
 from storagefs.fs.errors import FSError, as_fs_error, errno_for, first_failure
 from storagefs.fs.files import ChunkReader, FileState, Handle, OpenFile, ReadBudget
 from storagefs.fs.inodes import ROOT_INODE, InodeTable, Node
@@ -64,6 +66,8 @@ RENAME_PARALLELISM = 16
 MAX_FILE_SIZE = 5 * 1024**4
 # Directories whose changed times the mount keeps (see _touch_dir).
 DIR_TIMES_MAX = 100_000
+# An expired listing this small is fetched again whole rather than probed name by name.
+RELIST_MAX_ENTRIES = 2 * LIST_PAGE
 # Small files whose content a lookup fetched, kept until their first read (bounded memory:
 # at most PEEKED_FILES x peek_bytes).
 PEEKED_FILES = 256
@@ -172,7 +176,9 @@ class Filesystem:
         self.meta = MetadataCache(options.metadata_cache)
         self._open: dict[int, OpenFile] = {}  # by inode
         self._handles: dict[int, Handle] = {}
-        self._dir_handles: dict[int, tuple[str, list[Entry], dict[str, dict[str, str]] | None]] = {}
+        self._dir_handles: dict[
+            int, tuple[str, list[Entry], dict[str, dict[str, str]] | None, float]
+        ] = {}
         self._next_fh = 1
         self._nursery: trio.Nursery | None = None
         self.read_budget = ReadBudget(options.read_budget)
@@ -183,9 +189,7 @@ class Filesystem:
         # no directory object to touch on every create/unlink (that would double the requests
         # of each), so these live for the mount's life and win over older stored times.
         # Bounded: the oldest go first, and those directories show stored times again.
-        self._dir_times: collections.OrderedDict[str, tuple[int, int]] = (
-            collections.OrderedDict()
-        )
+        self._dir_times: collections.OrderedDict[str, tuple[int, int]] = collections.OrderedDict()
         self.journal_room: Callable[[], int] | None = None  # bytes the journal can still take
         options.staging_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
 
@@ -382,19 +386,26 @@ class Filesystem:
                 nursery.start_soon(head, key, etag)
 
     def _entry_node(
-        self, path: str, entry: Entry, known: Mapping[str, dict[str, str]] | None = None
+        self,
+        path: str,
+        entry: Entry,
+        until: float,
+        known: Mapping[str, dict[str, str]] | None = None,
     ) -> Node:
         """A node for a listing entry, using remembered metadata when the etag matches
-        (``known``: the listing's batch of it, to spare one query per entry)."""
+        (``known``: the listing's batch of it, to spare one query per entry). It is trusted
+        ``until`` the listing expires, not a full TTL from now: a name deleted elsewhere must
+        not outlive the listing that still shows it (nor, through the kernel's entry timeout,
+        the next one)."""
         if entry.is_dir:
             existing = self.inodes.by_path(path)
             if existing is not None and existing.attrs.is_dir:
-                existing.expires = max(existing.expires, self._expiry())
+                existing.expires = max(existing.expires, until)
                 return existing
             key = path + "/"
             meta = known.get(key) if known is not None else self.meta.get(key, "dir")
             attrs = self._dir_attrs(path, attrs_from_object(None, True, self.defaults, meta))
-            return self.inodes.upsert(path, attrs, None, self._expiry())
+            return self.inodes.upsert(path, attrs, None, until)
         info = entry.info
         assert info is not None
         existing = self.inodes.by_path(path)
@@ -403,21 +414,42 @@ class Filesystem:
         meta = known.get(info.key) if known is not None else self.meta.get(info.key, info.etag)
         same_object = existing is not None and existing.etag == info.etag
         if existing is not None and same_object and not existing.attrs.is_dir and meta is None:
-            existing.expires = self._expiry()  # same object as before: keep what a HEAD said
+            existing.expires = until  # same object as before: keep what a HEAD said
             return existing
-        return self.inodes.upsert(path, self._file_attrs(info, meta), info.etag, self._expiry())
+        return self.inodes.upsert(path, self._file_attrs(info, meta), info.etag, until)
+
+    async def _relisted(self, path: str) -> Listing | None:
+        """The listing of directory ``path`` anew, when an expired one was small.
+
+        ``cp -r``, ``rsync`` and ``tar`` look up every name they create, most of them absent:
+        once the listing of the directory they fill has expired, a HEAD and a LIST per name
+        would answer them; one LIST of the directory (one page or two) answers this lookup
+        and every other one for ``metadata_ttl``. A big or never-listed directory keeps the
+        per-name probes, which cost less than listing it whole."""
+        size = self.dirs.expired_size(path, self._now())
+        if size is None or size > RELIST_MAX_ENTRIES:
+            return None
+        try:
+            listing = await list_directory(self.backend, path, self._expiry())
+        except BackendError as exc:
+            log.debug("relisting %r failed (%s); probing the name instead", path, exc)
+            return None
+        self.dirs.put(path, listing)
+        return listing
 
     async def _resolve(self, path: str) -> Node:
         """Find ``path`` on the store: answered by the parent's listing when fresh, else by a
         HEAD of the key, then (no file) a one-entry listing of ``path/`` (a directory)."""
         parent, name = parent_and_name(path)
         cached = self.dirs.get(parent, self._now())
+        if cached is None:
+            cached = await self._relisted(parent)
         if cached is not None:
             entry = cached.entries.get(name)
             if entry is None:
                 raise FSError(errno.ENOENT)
             if entry.is_dir or (entry.info and self.meta.get(entry.info.key, entry.info.etag)):
-                return self._entry_node(path, entry)
+                return self._entry_node(path, entry, cached.expires)
         file_info: ObjectInfo | None = None
         content: bytes | None = None  # the whole body, when the peek got all of it
         dir_marker: ObjectInfo | None = None
@@ -688,9 +720,7 @@ class Filesystem:
         self._touch_dir(parent.path)
         return node
 
-    async def symlink(
-        self, parent_ino: int, name: str, target: bytes, uid: int, gid: int
-    ) -> Node:
+    async def symlink(self, parent_ino: int, name: str, target: bytes, uid: int, gid: int) -> Node:
         """A symbolic link: an object whose body is the target, mode S_IFLNK|0777 (s3fs's
         format, so s3fs and storagefs read each other's links)."""
         return await self._make_object(parent_ino, name, stat.S_IFLNK | 0o777, uid, gid, target)
@@ -792,17 +822,17 @@ class Filesystem:
         assert node.path is not None
         listing = await self._listing(node.path)
         dh = self._new_fh()
-        self._dir_handles[dh] = (node.path, listing.sorted_entries(), listing.meta)
+        self._dir_handles[dh] = (node.path, listing.sorted_entries(), listing.meta, listing.expires)
         return dh
 
     def readdir(self, dh: int, start: int) -> list[DirEntry]:
         """Entries from ``start`` on; the adapter calls add_lookup for each one it sends."""
         try:
-            path, entries, known = self._dir_handles[dh]
+            path, entries, known, until = self._dir_handles[dh]
         except KeyError:
             raise FSError(errno.EBADF) from None
         return [
-            DirEntry(e.name, self._entry_node(child_path(path, e.name), e, known), index + 1)
+            DirEntry(e.name, self._entry_node(child_path(path, e.name), e, until, known), index + 1)
             for index, e in enumerate(entries[start:], start)
         ]
 
@@ -885,6 +915,8 @@ class Filesystem:
         attrs = self._new_attrs(parent, stat.S_IFREG, mode, uid, gid)
         now = attrs.mtime_ns
         known = existing is not None  # seen before: perhaps on the store, so not "new"
+        if not known:
+            note_created(self.backend, path)
         node = self.inodes.upsert(path, attrs, None, self._expiry())
         node.lookups += 1
         ofile = self._ofile_for(node)
@@ -1087,7 +1119,8 @@ class Filesystem:
         if node.attrs.is_dir:
             raise FSError(errno.EISDIR)
         path = child_path(parent.path, name)
-        await self.backend.delete(path)
+        if not await forget_unstored(self.backend, path):
+            await self.backend.delete(path)
         self._memo(path, None, None)
         ofile = self._open.get(node.ino)
         if ofile is not None:
@@ -1196,7 +1229,8 @@ class Filesystem:
             await self._upload(ofile)  # the store must hold the newest bytes before the copy
         meta = node.attrs.to_metadata()
         info = await self.backend.copy(src, dst, meta)
-        await self.backend.delete(src)
+        if not await forget_unstored(self.backend, src):
+            await self.backend.delete(src)
         self._memo(src, None, None)
         info = await self._with_etag(info)
         node.etag = info.etag

@@ -99,6 +99,14 @@ class DirCache:
             return None
         return listing
 
+    def expired_size(self, path: str, now: float) -> int | None:
+        """How many entries the expired listing of ``path`` had; None if none is kept or it
+        is still fresh."""
+        listing = self._listings.get(path)
+        if listing is None or listing.expires > now:
+            return None
+        return len(listing.entries)
+
     def put(self, path: str, listing: Listing) -> None:
         self._listings[path] = listing
         if len(self._listings) > 4096:  # bound memory; oldest-inserted go first

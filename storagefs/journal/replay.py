@@ -121,8 +121,10 @@ class Replayer:
         initial_backoff: float = 0.1,
         max_backoff: float = 10.0,
         on_result: Callable[[str, BaseException | None], None] | None = None,
+        on_applied: Callable[[Entry], None] | None = None,
         refusal_abandons: bool = False,
         settle: float = 0.0,
+        settles: Callable[[str], bool] | None = None,
         states: Mapping[str, RemoteState] | None = None,
     ) -> None:
         self.journal = journal
@@ -133,10 +135,14 @@ class Replayer:
         self.initial_backoff = initial_backoff
         self.max_backoff = max(max_backoff, initial_backoff)
         self.on_result = on_result
+        self.on_applied = on_applied  # an entry really reached a target (not superseded)
         self.refusal_abandons = refusal_abandons
         # Write-back: a new entry waits this long (wall clock) before it is applied, unless a
         # writer awaits it or a flush asked for everything older (``_settled_before``).
+        # ``settles`` picks the keys that wait (None: all; write-through holds only temporary
+        # names, see FallbackChain.held).
         self.settle = settle
+        self.settles = settles
         self._settled_before = 0.0
         self._next_settled = float("inf")  # trio time at which a held entry becomes due
         # Each remote's one reachability record (kept by its ResilientBackend): a waiter is
@@ -285,6 +291,25 @@ class Replayer:
                 self._record(key, Result(Outcome.APPLIED))
                 nursery.start_soon(self._forget_superseded, older.seq, target)
 
+    async def withdraw(self, entries: Sequence[Entry]) -> bool:
+        """Drop ``entries`` (as applied) when no target is applying any of them and no writer
+        awaits one: changes of a key no store holds, whose file is gone again (a temporary
+        name renamed or unlinked). False, dropping nothing, otherwise. They are out of the
+        journal (and of its overlay) when this returns."""
+        pairs = [(e.seq, t) for e in entries for t in self.journal.pending_targets(e.seq)]
+        for seq, target in pairs:
+            if seq in self.state[target].in_flight or (seq, target) in self._waiters:
+                await trio.lowlevel.checkpoint()
+                return False
+        # Marked before the first await, so the dispatcher never starts one of them.
+        mine = [p for p in pairs if p not in self._superseded]
+        for pair in mine:
+            self._superseded.add(pair)
+            self._record(pair, Result(Outcome.APPLIED))
+        for seq, target in mine:
+            await self._forget_superseded(seq, target)
+        return True
+
     async def _forget_superseded(self, seq: int, target: str) -> None:
         try:
             await self.journal.mark_applied(seq, target)
@@ -299,6 +324,8 @@ class Replayer:
     def _held(self, entry: Entry, target: str) -> bool:
         """Still inside its write-back delay (then ``_next_settled`` says when it is due)."""
         if self.settle <= 0 or entry.created <= self._settled_before:
+            return False
+        if self.settles is not None and not self.settles(entry.key):
             return False
         due = entry.created + self.settle - time.time()
         if due <= 0 or (entry.seq, target) in self._waiters:
@@ -389,6 +416,8 @@ class Replayer:
             self._resolve((entry.seq, target), Result(Outcome.APPLIED, info=info))
             if self.on_result is not None:
                 self.on_result(target, None)
+            if self.on_applied is not None:
+                self.on_applied(entry)
             await self.journal.mark_applied(entry.seq, target)
 
     async def _perform(self, backend: Backend, entry: Entry) -> ObjectInfo | None:

@@ -733,6 +733,14 @@ class Journal:
     def entry(self, seq: int) -> Entry | None:
         return self._entries.get(seq)
 
+    def entries_of(self, key: str) -> list[Entry]:
+        """The pending entries that change ``key``, oldest first."""
+        return [self._entries[seq] for seq in self._by_key.get(key, ())]
+
+    def read_by_copy(self, key: str) -> bool:
+        """A pending COPY reads ``key`` from the stores."""
+        return bool(self._copy_sources.get(key))
+
     def latest(self, key: str) -> Entry | None:
         """The newest pending entry that changes ``key`` (PUT, DELETE or COPY to it)."""
         seqs = self._by_key.get(key)

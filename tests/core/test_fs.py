@@ -54,9 +54,7 @@ async def test_read_large_file_in_chunks_with_readahead(
     await fs.release(fh)
 
 
-async def test_sequential_read_fetches_chunks_once(
-    fs: Filesystem, backend: MemoryBackend
-) -> None:
+async def test_sequential_read_fetches_chunks_once(fs: Filesystem, backend: MemoryBackend) -> None:
     blob = os.urandom(640 * 1024)
     await backend.write_bytes("seq", blob, {})
     await resolve(fs, "seq")  # the lookup's peek is not the reader's business
@@ -525,3 +523,35 @@ async def test_a_listing_shows_a_chmod_made_after_it_was_cached(fs: Filesystem) 
     dh = await fs.opendir(ROOT_INODE)
     modes = {e.name: stat.S_IMODE(e.node.attrs.mode) for e in fs.readdir(dh, 0)}
     assert modes == {"f": 0o600, "d": 0o700}
+
+
+async def test_an_expired_small_listing_is_fetched_again_whole(
+    backend: MemoryBackend, tmp_path: Path, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # cp -r, rsync and tar look up every name they create: once the listing of the directory
+    # they fill has expired, one LIST answers them all, not a HEAD and a LIST per name.
+    fs = make_fs(backend, tmp_path, ttl=0.05)
+    fs.attach(nursery)
+    await fs.mkdir(ROOT_INODE, "d", 0o755, 0, 0)
+    for i in range(5):
+        await write_file(fs, f"d/f{i}", b"x")
+    dino = await resolve(fs, "d")
+    fs.releasedir(await fs.opendir(dino))
+    await trio.sleep(0.1)  # the listing expires
+    backend.calls.clear()
+    for i in range(10):  # five present, five absent
+        try:
+            await fs.lookup(dino, f"f{i}")
+        except FSError as exc:
+            assert exc.errno == errno.ENOENT and i >= 5
+        else:
+            assert i < 5
+    assert [c[0] for c in backend.calls] == ["list"]
+    # A directory bigger than that keeps the per-name probes (cheaper than listing it all).
+    monkeypatch.setattr("storagefs.fs.core.RELIST_MAX_ENTRIES", 3)
+    await trio.sleep(0.1)
+    backend.calls.clear()
+    with pytest.raises(FSError):
+        await fs.lookup(dino, "absent")
+    assert sorted(c[0] for c in backend.calls) == ["list", "stat"]
+    fs.close()
