@@ -17,7 +17,6 @@ import inspect
 import logging
 import os
 import stat
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -39,7 +38,14 @@ from storagefs.backends.base import (
 from storagefs.fs.attrs import OBJECT_TYPES, Attrs, Defaults, attrs_from_object
 from storagefs.fs.dirs import LIST_PAGE, DirCache, Entry, Listing, list_directory
 from storagefs.fs.errors import FSError, as_fs_error, errno_for, first_failure
-from storagefs.fs.files import ChunkReader, FileState, Handle, OpenFile, ReadBudget
+from storagefs.fs.files import (
+    ChunkReader,
+    FileState,
+    Handle,
+    OpenFile,
+    ReadBudget,
+    StagingFiles,
+)
 from storagefs.fs.inodes import ROOT_INODE, InodeTable, Node
 from storagefs.fs.metadata_cache import MetadataCache
 from storagefs.fs.names import (
@@ -192,18 +198,21 @@ class Filesystem:
         self._dir_times: collections.OrderedDict[str, tuple[int, int]] = collections.OrderedDict()
         self.journal_room: Callable[[], int] | None = None  # bytes the journal can still take
         options.staging_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.staging = StagingFiles(options.staging_dir)
 
     # --- lifecycle --------------------------------------------------------------------
 
     def attach(self, nursery: trio.Nursery) -> None:
-        """Give the core a nursery for background work (readahead)."""
+        """Give the core a nursery for background work (readahead, staging files)."""
         self._nursery = nursery
+        self.staging.attach(nursery)
 
     def close(self) -> None:
         for ofile in list(self._open.values()):
             if ofile.dirty and not ofile.unlinked and ofile.staging is not None:
                 self._give_up(ofile)
             ofile.close_staging()
+        self.staging.close()
         self.meta.close()
 
     @property
@@ -874,7 +883,7 @@ class Filesystem:
         if ofile.kept:
             ofile.kept = False
             self.inodes.release_handle(ofile.node)
-        ofile.close_staging()
+        ofile.close_staging(self.staging)
         self._open.pop(ofile.node.ino, None)
 
     def _discard_kept(self, ofile: OpenFile | None) -> None:
@@ -886,16 +895,15 @@ class Filesystem:
         """A local copy of the file to change: empty if new/truncated, else downloaded."""
         if ofile.fd is not None:
             return
-        fd, name = tempfile.mkstemp(dir=self.options.staging_dir, prefix="stage-")
-        staging = Path(name)
+        fd, staging = self.staging.take()
+        name = str(staging)
         try:
             if not truncate and ofile.node.attrs.size > 0:
                 assert ofile.node.path is not None
                 info = await self.backend.download(ofile.node.path, name)
                 ofile.node.etag = info.etag
         except BaseException:
-            os.close(fd)
-            staging.unlink(missing_ok=True)
+            self.staging.give(fd, staging)
             raise
         ofile.fd = fd
         ofile.staging = staging

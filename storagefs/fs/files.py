@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import os
+import tempfile
 from pathlib import Path
 
 import trio
@@ -69,14 +70,103 @@ class OpenFile:
             self.stream.end(why)
             self.stream = None
 
-    def close_staging(self) -> None:
+    def close_staging(self, pool: StagingFiles | None = None) -> None:
+        """Let the staging file go: back to ``pool`` for another file, else deleted."""
         self.end_stream("the file is closed")
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-        if self.staging is not None:
-            self.staging.unlink(missing_ok=True)
-            self.staging = None
+        fd, path = self.fd, self.staging
+        self.fd = self.staging = None
+        if fd is not None and path is not None and pool is not None:
+            pool.give(fd, path)
+            return
+        if fd is not None:
+            os.close(fd)
+        if path is not None:
+            path.unlink(missing_ok=True)
+
+
+class StagingFiles:
+    """Empty staging files, made and recycled off the request path.
+
+    Creating a file costs ~0.6 ms on this machine's ext4, and truncating a used one about as
+    much — together as much as the rest of a FUSE create. Once :meth:`attach` gave it a
+    nursery, a short-lived task (in a worker thread) keeps a few empty files ready and
+    truncates returned ones for reuse, so ``cp -r`` of many small files finds a file ready
+    while it waits for the last upload. No task lingers when there is nothing to do."""
+
+    def __init__(self, directory: Path, keep: int = 8) -> None:
+        self.directory = directory
+        self.keep = keep
+        self._ready: list[tuple[int, Path]] = []
+        self._used: list[tuple[int, Path]] = []
+        self._nursery: trio.Nursery | None = None
+        self._busy = False
+        self._closed = False
+
+    def attach(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+        self._kick()
+
+    def take(self) -> tuple[int, Path]:
+        found = self._ready.pop() if self._ready else None
+        self._kick()  # make another
+        if found is not None:
+            return found
+        fd, name = tempfile.mkstemp(dir=self.directory, prefix="stage-")
+        return fd, Path(name)
+
+    def give(self, fd: int, path: Path) -> None:
+        """Take back a staging file no one uses any more (emptied before reuse)."""
+        if self._nursery is not None and not self._closed:
+            self._used.append((fd, path))
+            self._kick()
+            return
+        os.close(fd)
+        path.unlink(missing_ok=True)
+
+    def _kick(self) -> None:
+        if self._nursery is None or self._busy or self._closed:
+            return
+        if self._used or len(self._ready) < self.keep:
+            self._busy = True
+            self._nursery.start_soon(self._refill)
+
+    async def _refill(self) -> None:
+        try:
+            while not self._closed and (self._used or len(self._ready) < self.keep):
+                used, self._used = self._used, []
+                want = self.keep - len(self._ready)
+                ready = await trio.to_thread.run_sync(self._prepare, used, want)
+                self._ready.extend(ready)
+        finally:
+            self._busy = False
+            if self._closed:  # closed while they were being made
+                self.close()
+
+    def _prepare(self, used: list[tuple[int, Path]], want: int) -> list[tuple[int, Path]]:
+        ready: list[tuple[int, Path]] = []
+        for fd, path in used:
+            if len(ready) < want:
+                try:
+                    os.ftruncate(fd, 0)  # nothing of the last file's data is left in it
+                except OSError:
+                    pass
+                else:
+                    ready.append((fd, path))
+                    continue
+            os.close(fd)
+            path.unlink(missing_ok=True)
+        while len(ready) < want:
+            fd, name = tempfile.mkstemp(dir=self.directory, prefix="stage-")
+            ready.append((fd, Path(name)))
+        return ready
+
+    def close(self) -> None:
+        self._closed = True
+        files = self._ready + self._used
+        self._ready, self._used = [], []
+        for fd, path in files:
+            os.close(fd)
+            path.unlink(missing_ok=True)
 
 
 class ReadBudget:

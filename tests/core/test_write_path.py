@@ -52,8 +52,16 @@ async def failed_file(fs: Filesystem, name: str, data: bytes) -> tuple[int, FSEr
     return node.ino, failed.value
 
 
+async def emptied(tmp_path: Path) -> None:
+    """Wait until no staging file holds data (returned ones are emptied in the background)."""
+    with trio.fail_after(5):
+        while staged(tmp_path):  # noqa: ASYNC110 -- a worker thread empties them
+            await trio.sleep(0.01)
+
+
 def staged(tmp_path: Path) -> list[Path]:
-    return sorted(p for p in (tmp_path / "staging").glob("stage-*"))
+    """Staging files holding data (empty ones wait in the pool for the next file)."""
+    return sorted(p for p in (tmp_path / "staging").glob("stage-*") if p.stat().st_size)
 
 
 async def test_a_full_journal_is_enospc_on_close_and_fsync(tmp_path: Path) -> None:
@@ -99,6 +107,7 @@ async def test_a_failed_upload_keeps_the_data_until_a_retry_succeeds(
     await fs.flush(fh)
     await fs.release(fh)
     assert backend.objects["f"][0] == b"precious"
+    await emptied(tmp_path)
     assert staged(tmp_path) == []
     assert fs.failed_files == 0 and fs.dirty_files == 0
     fs.close()
@@ -115,6 +124,7 @@ async def test_unmount_retries_a_failed_upload_then_gives_up_keeping_the_data(
     await fs.upload_all()  # what unmount does: one more try, which fails too
     assert fs.failed_files == 1
     fs.close()  # the explicit give-up: logged, counted, the bytes moved aside
+    await emptied(tmp_path)
     assert staged(tmp_path) == []
     assert fs.abandoned_uploads == 1
     (kept,) = list(fs.abandoned_dir.iterdir())
@@ -128,6 +138,7 @@ async def test_unlinking_a_failed_file_lets_its_data_go(
     fs.attach(nursery)
     await failed_file(fs, "f", b"x")
     await fs.unlink(ROOT_INODE, "f")
+    await emptied(tmp_path)
     assert staged(tmp_path) == [] and fs.failed_files == 0
     fs.close()
     assert fs.abandoned_uploads == 0
