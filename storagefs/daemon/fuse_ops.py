@@ -79,9 +79,7 @@ class StorageOperations(pyfuse3.Operations):
         e.entry_timeout = ttl
         e.attr_timeout = ttl
         e.st_mode = a.mode
-        # No hard links, so files have one link; directories say 1 like btrfs (the count of
-        # subdirectories is unknown without a listing), which find(1) reads as "don't prune".
-        e.st_nlink = 1
+        e.st_nlink = node.nlink
         e.st_uid = a.uid
         e.st_gid = a.gid
         e.st_rdev = a.rdev

@@ -1127,6 +1127,7 @@ class Filesystem:
         if node.attrs.is_dir:
             raise FSError(errno.EISDIR)
         path = child_path(parent.path, name)
+        await self._keep_open_content(node)
         if not await forget_unstored(self.backend, path):
             await self.backend.delete(path)
         self._memo(path, None, None)
@@ -1138,6 +1139,23 @@ class Filesystem:
         self.dirs.remove(parent.path, name)
         self.inodes.detach(path)
         self._touch_dir(parent.path)
+
+    async def _keep_open_content(self, node: Node) -> None:
+        """A file about to lose its name while open keeps its data, as on a local disk
+        (unlink(2), rename(2) over it): its descriptors read (and write) it until the last is
+        closed. What the store holds goes with the name, so a file open only for reading is
+        fetched into a staging file first; a file being written has one already. Nothing of
+        it is uploaded again (``OpenFile.unlinked``)."""
+        ofile = self._open.get(node.ino)
+        if ofile is None or ofile.handles <= 0 or ofile.fd is not None:
+            return
+        async with ofile.lock:
+            try:
+                await self._ensure_staging(ofile)
+            except (BackendError, OSError) as exc:
+                # The unlink itself must not fail for it: the name goes, and the descriptors
+                # get the store's answer (ENOENT) on their next read, as before.
+                log.warning("%s removed while open; its data could not be kept: %s", node.path, exc)
 
     async def rename(
         self,
@@ -1181,6 +1199,8 @@ class Filesystem:
             if target.attrs.is_dir and await self._children(dst):
                 raise FSError(errno.ENOTEMPTY)
         node.attrs.ctime_ns = time.time_ns()  # rename changes the moved entry's ctime
+        if target is not None and not target.attrs.is_dir:
+            await self._keep_open_content(target)
         if node.attrs.is_dir:
             await self._rename_tree(src, dst, node)  # an empty target's marker is replaced
         else:

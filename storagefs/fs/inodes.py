@@ -38,6 +38,15 @@ class Node:
     handles: int = 0
     target: bytes | None = None  # a symbolic link's target, once read
 
+    @property
+    def nlink(self) -> int:
+        """Links to the file: one name, or none once it was unlinked or replaced while open
+        (unlink(2): the file lives on, nameless, until its last descriptor is closed). There
+        are no hard links, and directories report one link too, as on btrfs: the count of
+        subdirectories is unknown without a listing, and find(1) reads 1 as "don't prune"
+        where a wrong count would make it skip subdirectories."""
+        return 0 if self.path is None else 1
+
 
 class InodeTable:
     def __init__(self, root_attrs: Attrs) -> None:

@@ -439,6 +439,52 @@ def test_inode_numbers_and_rename_rules(posix_mount: Callable[..., Mount]) -> No
 
 
 @BACKENDS
+def test_an_unlinked_or_replaced_open_file_lives_until_closed(
+    store: Store, posix_mount: Callable[..., Mount]
+) -> None:
+    """unlink(2): when the last link goes while a process holds the file open, the file lives
+    on until its last descriptor is closed; rename(2) over newpath does the same to the file
+    it replaces. Such a file has no links left: fstat(2) reports st_nlink 0."""
+    m = posix_mount()
+    p = m.path
+    # Content the mount never read (another tool wrote it), so what is read after the unlink
+    # cannot come from the kernel's page cache or from anything the mount fetched before.
+    old = bytes(range(256)) * 400
+    put_with_metadata(store, "gone", old, {})
+    put_with_metadata(store, "replaced", b"the replaced file", {})
+    gone = os.open(p / "gone", os.O_RDONLY)
+    replaced = os.open(p / "replaced", os.O_RDONLY)
+    try:
+        os.unlink(p / "gone")
+        (p / "new").write_bytes(b"new")
+        os.rename(p / "new", p / "replaced")
+        assert os.fstat(gone).st_nlink == 0
+        assert os.fstat(replaced).st_nlink == 0
+        assert os.pread(gone, 1000, 50_000) == old[50_000:51_000]
+        assert os.read(gone, len(old) + 1) == old
+        assert os.read(replaced, 100) == b"the replaced file"
+    finally:
+        os.close(gone)
+        os.close(replaced)
+    assert not (p / "gone").exists()
+    assert (p / "replaced").read_bytes() == b"new"
+    assert os.stat(p / "replaced").st_nlink == 1
+
+    # A writer keeps reading and writing the file it unlinked; nothing of it is stored.
+    fd = os.open(p / "scratch", os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        os.write(fd, b"Hello, World!")
+        os.unlink(p / "scratch")
+        os.write(fd, b" Still here.")
+        assert os.pread(fd, 100, 0) == b"Hello, World! Still here."
+        assert os.fstat(fd).st_nlink == 0
+    finally:
+        os.close(fd)
+    m.unmount()
+    assert "gone" not in store.list_keys() and "scratch" not in store.list_keys()
+
+
+@BACKENDS
 def test_errno_table_and_open_flags(posix_mount: Callable[..., Mount]) -> None:
     m = posix_mount()
     p = m.path
