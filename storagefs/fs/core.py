@@ -72,6 +72,8 @@ RENAME_PARALLELISM = 16
 MAX_FILE_SIZE = 5 * 1024**4
 # Directories whose changed times the mount keeps (see _touch_dir).
 DIR_TIMES_MAX = 100_000
+# A file unlinked while open only for reading keeps a local copy up to this size.
+KEEP_OPEN_MAX = 64 * 1024**2
 # An expired listing this small is fetched again whole rather than probed name by name.
 RELIST_MAX_ENTRIES = 2 * LIST_PAGE
 # Small files whose content a lookup fetched, kept until their first read (bounded memory:
@@ -1148,6 +1150,11 @@ class Filesystem:
         it is uploaded again (``OpenFile.unlinked``)."""
         ofile = self._open.get(node.ino)
         if ofile is None or ofile.handles <= 0 or ofile.fd is not None:
+            return
+        if node.attrs.size > KEEP_OPEN_MAX:
+            # An rm must not turn into a download of gigabytes: such a reader gets ENOENT on
+            # its next read, as an object store would answer it.
+            log.info("%s removed while open for reading; too big to keep a copy", node.path)
             return
         async with ofile.lock:
             try:
