@@ -95,3 +95,18 @@ async def test_held_names_off_uploads_temporary_names_at_close(tmp_path: Path) -
             await chain.write_bytes(TMP, b"v1", META)
         assert contents(primary) == {TMP: b"v1"}
         assert not await forget_unstored(chain, TMP)
+
+
+async def test_attribute_changes_amend_the_journaled_upload(tmp_path: Path) -> None:
+    # A chmod/utime of a file whose upload is still journaled changes that entry in place:
+    # no second entry sharing the content, and the store gets the newest metadata once.
+    primary = lone_primary()
+    async with running(tmp_path, (primary,), write_mode="back") as chain:
+        await chain.write_bytes("doc.txt", b"x", META)
+        (entry,) = chain.journal.entries_of("doc.txt")
+        await chain.copy("doc.txt", "doc.txt", {**META, "mode": "33261"})
+        (amended,) = chain.journal.entries_of("doc.txt")
+        assert amended.seq == entry.seq and amended.metadata == {**META, "mode": "33261"}
+        assert await chain.flush(5)
+        assert store(primary).objects["doc.txt"][1]["mode"] == "33261"
+        assert primary.calls["write_bytes"] == 1 and primary.calls["copy"] == 0

@@ -886,6 +886,15 @@ class FallbackChain:
                 await self._cache_soon(lambda: self.cache.copy(src, dst, meta))
                 return info
         pending = self.journal.latest(src)
+        if pending is not None and pending.op is Op.PUT and src == dst and metadata is not None:
+            # A chmod/chown/utime of a file whose upload is still journaled (a held temporary
+            # name, write-back, an outage): the pending upload takes the new metadata.
+            amended = await self.replayer.amend(pending, metadata)
+            if amended is not None:
+                if not self.held(src):  # the clean copy takes the new metadata too
+                    meta = dict(metadata)
+                    await self._cache_soon(lambda: self.cache.copy(src, src, meta))
+                return self._journal_info(amended)
         if pending is not None and pending.op is Op.PUT and self._direct(dst):
             # A held temporary file renamed to its final name: its content is here, so the
             # final name is uploaded straight from the journal, once, as a close would.

@@ -1293,6 +1293,10 @@ class Filesystem:
                 break
             token = page.token
         keys = [o.key for o in objects]
+        # Every key below gets longer by the same amount: one that would no longer fit the
+        # stores fails the rename now, before anything is copied, rather than halfway.
+        for key in keys:
+            self._check_room(dst + "/" + key[len(prefix) :])
         limiter = trio.CapacityLimiter(RENAME_PARALLELISM)
 
         async def copy_one(obj: ObjectInfo) -> None:

@@ -159,6 +159,7 @@ class Replayer:
         self._wake = trio.Event()
         self._waiters: dict[tuple[int, str], list[_Waiter]] = {}
         self._superseded: set[tuple[int, str]] = set()  # dropped, their acks on the way
+        self._amending: set[int] = set()  # seqs whose metadata is being replaced
         self._nursery: trio.Nursery | None = None
         self._recent: collections.OrderedDict[tuple[int, str], Result] = collections.OrderedDict()
 
@@ -291,6 +292,25 @@ class Replayer:
                 self._record(key, Result(Outcome.APPLIED))
                 nursery.start_soon(self._forget_superseded, older.seq, target)
 
+    async def amend(self, entry: Entry, metadata: Mapping[str, str]) -> Entry | None:
+        """New metadata for pending PUT ``entry`` in place, if every target still has it to
+        apply and none is applying it; None (nothing changed) otherwise."""
+        targets = self.journal.pending_targets(entry.seq)
+        if (
+            entry.op is not Op.PUT
+            or targets != set(self.order)
+            or any(entry.seq in self.state[t].in_flight for t in targets)
+            or any((entry.seq, t) in self._superseded for t in targets)
+        ):
+            await trio.lowlevel.checkpoint()
+            return None
+        self._amending.add(entry.seq)  # not dispatched while its row changes
+        try:
+            return await self.journal.set_metadata(entry, metadata)
+        finally:
+            self._amending.discard(entry.seq)
+            self._wake.set()
+
     async def withdraw(self, entries: Sequence[Entry]) -> bool:
         """Drop ``entries`` (as applied) when no target is applying any of them and no writer
         awaits one: changes of a key no store holds, whose file is gone again (a temporary
@@ -353,6 +373,7 @@ class Replayer:
                 ready = (
                     entry.seq not in state.in_flight
                     and (entry.seq, target) not in self._superseded
+                    and entry.seq not in self._amending
                     and blocked.isdisjoint(keys)
                     and not (follow and self.journal.is_pending(entry.seq, primary))
                     and not self._held(entry, target)

@@ -342,6 +342,29 @@ class Journal:
                 self._reserved -= latest.size
         return await self._commit(Op.COPY, dst, src, metadata, None, size=size)
 
+    async def set_metadata(self, entry: Entry, metadata: Mapping[str, str]) -> Entry:
+        """Give pending PUT ``entry`` new object metadata: a chmod, chown or utime of a file
+        whose upload is still journaled costs one UPDATE, not a new entry sharing the content
+        (and the drop of the old one). The caller makes sure no target is applying it
+        (:meth:`Replayer.amend`)."""
+        assert entry.op is Op.PUT
+        meta = dict(metadata)
+        async with self._lock:
+            db = self._db()
+
+            def update() -> None:
+                db.execute(
+                    "UPDATE entries SET metadata = ? WHERE seq = ?", (meta_json(meta), entry.seq)
+                )
+
+            with _disk_full_is_no_space():
+                await trio.to_thread.run_sync(update)
+        amended = dataclasses.replace(entry, metadata=meta)
+        if entry.seq in self._entries:
+            self._entries[entry.seq] = amended
+        self._notify()
+        return amended
+
     def _reserve(self, size: int) -> None:
         if self._bytes + self._reserved + size > self.max_bytes:
             raise NoSpace(

@@ -154,6 +154,12 @@ async def test_a_key_the_stores_cannot_hold_is_enametoolong(
             await call
         assert errno_of(e) == errno.ENAMETOOLONG, name
     assert sorted(backend.objects) == ["dddddddddd/", "dddddddddd/" + "f" * 13]
+    # A directory renamed to a longer name would push the key of a file below it over the
+    # limit: refused before anything is copied, not halfway through.
+    with pytest.raises(FSError) as e:
+        await fs.rename(ROOT_INODE, "d" * 10, ROOT_INODE, "d" * 11)
+    assert errno_of(e) == errno.ENAMETOOLONG
+    assert sorted(backend.objects) == ["dddddddddd/", "dddddddddd/" + "f" * 13]
 
 
 def test_key_room_per_store() -> None:
