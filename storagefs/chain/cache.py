@@ -27,7 +27,7 @@ import shutil
 import sqlite3
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import trio
@@ -310,8 +310,9 @@ class Cache:
             dest.parent.mkdir(exist_ok=True, mode=0o700)
             dest.write_bytes(data)
 
-        await trio.to_thread.run_sync(place)
-        await self._register(key, name, len(data), info)
+        # Small and in memory: written in the same worker-thread call as its index row (one
+        # hop instead of two; cp -r and cold reads of small files store one per file).
+        await self._register(key, name, len(data), info, place=place)
 
     async def copy(self, src: str, dst: str, metadata: Mapping[str, str] | None) -> None:
         """Mirror a server-side copy when ``src`` is cached."""
@@ -344,7 +345,16 @@ class Cache:
         token = secrets.token_hex(16)
         return f"{token[:2]}/{token}"
 
-    async def _register(self, key: str, name: str, size: int, info: ObjectInfo) -> None:
+    async def _register(
+        self,
+        key: str,
+        name: str,
+        size: int,
+        info: ObjectInfo,
+        place: Callable[[], None] | None = None,
+    ) -> None:
+        """Index the object file ``name`` (written first by ``place``, in the same worker
+        thread call, when given)."""
         now = time.time()
         obj = CachedObject(
             key=key,
@@ -367,6 +377,8 @@ class Cache:
             conn = self._conn
 
             def write() -> None:
+                if place is not None:
+                    place()
                 conn.execute("BEGIN")
                 conn.executemany("DELETE FROM objects WHERE key = ?", [(v.key,) for v in victims])
                 conn.execute(

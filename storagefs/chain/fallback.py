@@ -389,6 +389,12 @@ class FallbackChain:
         remote but the last (or, with ``cached``, every one) gets a single attempt: there is
         somewhere else to go. _AllDown when no remote answers.
         """
+        if len(order) == 1:  # nobody to hedge with: no nursery, no channel, no timer
+            try:
+                with answerable_elsewhere(cached):
+                    return order[0], await ask(order[0])
+            except _NOT_ANSWERING as exc:
+                raise _AllDown(exc) from None
         send, receive = trio.open_memory_channel[_Reply[T]](len(order))
         started: builtins.list[float] = []
         finished: set[int] = set()

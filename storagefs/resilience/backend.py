@@ -636,7 +636,7 @@ class ResilientBackend:
                 state.upcoming_sleep,
             )
 
-        retrying = tenacity.AsyncRetrying(
+        retrying = None if attempts == 1 else tenacity.AsyncRetrying(
             sleep=trio.sleep,
             stop=(
                 tenacity.stop_after_attempt(attempts)
@@ -651,6 +651,9 @@ class ResilientBackend:
         )
         with trio.move_on_after(deadline):
             try:
+                if attempts == 1:  # nothing to retry (reads answerable elsewhere): the hot path
+                    return await attempt()
+                assert retrying is not None
                 async for attempt_manager in retrying:
                     with attempt_manager:
                         return await attempt()
