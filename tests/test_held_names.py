@@ -24,7 +24,7 @@ def lone_primary() -> FaultyBackend:
 
 async def test_a_temporary_name_is_uploaded_once_under_its_final_name(tmp_path: Path) -> None:
     primary = lone_primary()
-    async with running(tmp_path, (primary,)) as chain:
+    async with running(tmp_path, (primary,), write_back_delay=0.3) as chain:
         assert chain.held(TMP) and not chain.held(FINAL)
         note_created(chain, TMP)
         with trio.fail_after(2):
@@ -110,3 +110,17 @@ async def test_attribute_changes_amend_the_journaled_upload(tmp_path: Path) -> N
         assert await chain.flush(5)
         assert store(primary).objects["doc.txt"][1]["mode"] == "33261"
         assert primary.calls["write_bytes"] == 1 and primary.calls["copy"] == 0
+
+
+async def test_a_temporary_file_too_big_for_the_journal_is_not_held(tmp_path: Path) -> None:
+    # Over a quarter of the journal's room, a held name goes straight to the primary at close,
+    # as any other file (a huge rsync'd file must not fill the journal, or hit ENOSPC).
+    primary = lone_primary()
+    source = tmp_path / "big"
+    source.write_bytes(b"b" * 3000)
+    async with running(tmp_path, (primary,), journal_max_bytes=10_000) as chain:
+        assert chain.held(TMP)
+        with trio.fail_after(2):
+            await chain.write(TMP, str(source), META)  # the close
+        assert contents(primary) == {TMP: b"b" * 3000}  # on the store when it returned
+        assert not chain.held(TMP) and chain.journal.entries_of(TMP) == []

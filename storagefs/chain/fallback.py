@@ -28,6 +28,7 @@ import fnmatch
 import functools
 import logging
 import math
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
@@ -64,7 +65,14 @@ CACHE = "cache"  # the name the local copies go by in listing tokens
 CACHE_QUEUE = 256  # small direct writes waiting to be copied into the cache
 SMALL_CACHE_COPY = 1024 * 1024  # larger direct writes are not copied into the cache
 PROBE_INTERVAL = 1.0  # seconds between health probes of an unwell remote
-_UNSTORED_MAX = 100_000  # new keys remembered as held by no store (FallbackChain.note_created)
+_KEYS_REMEMBERED = 100_000  # bound of the chain's per-key sets (unstored, too big to hold)
+
+
+def _bounded_add(keys: set[str], key: str) -> None:
+    """Add ``key``; past the bound the set starts over (each set only spares requests)."""
+    if len(keys) >= _KEYS_REMEMBERED:
+        keys.clear()
+    keys.add(key)
 
 
 class _AllDown(Exception):
@@ -163,7 +171,12 @@ class FallbackChain:
                 self._chain_fed.add(remote.name)
             self.state_of[remote.name] = state
         self._write_floor = policy.min_bandwidth
-        self._held_globs = [g.strip() for g in settings.held_names.split(",") if g.strip()]
+        # One regular expression for every glob of STORAGEFS_HELD_NAMES: asked on every write
+        # and by the replayer for every entry it considers.
+        globs = [g.strip() for g in settings.held_names.split(",") if g.strip()]
+        self._held_names = (
+            re.compile("|".join(fnmatch.translate(g) for g in globs)) if globs else None
+        )
         # Keys made new through the mount that no store has held since: their pending changes
         # can simply be dropped when the file goes (see forget_unstored). Only keys whose
         # changes always go through the journal (held names, write-back) are tracked.
@@ -182,7 +195,7 @@ class FallbackChain:
             on_applied=self._reached_store,
             refusal_abandons=settings.write_mode == "through",
             settle=settings.write_back_delay,
-            settles=None if settings.write_mode == "back" else self.held,
+            settles=self.deferred,
             states=self.state_of,
         )
         self._cache_queue: trio.MemorySendChannel[Callable[[], Awaitable[None]]] | None = None
@@ -753,18 +766,20 @@ class FallbackChain:
         in write-through mode: its changes wait ``write_back_delay`` in the journal and are not
         waited for, so the utime, chmod and rename that follow within milliseconds fold into
         one upload under the final name — which the rename then waits for, as a close would."""
-        if self.settings.write_mode != "through" or not self._held_globs:
+        if self._held_names is None or self.settings.write_mode != "through":
             return False
         if key in self._too_big_to_hold:
             return False
-        name = key.rstrip("/").rpartition("/")[2]
-        return any(fnmatch.fnmatchcase(name, glob) for glob in self._held_globs)
+        return self._held_names.match(key.rstrip("/").rpartition("/")[2]) is not None
+
+    def deferred(self, key: str) -> bool:
+        """Changes of ``key`` wait in the journal and are not waited for: every key in
+        write-back mode, held names in write-through mode."""
+        return self.settings.write_mode == "back" or self.held(key)
 
     def note_created(self, key: str) -> None:
-        if self.settings.write_mode == "back" or self.held(key):
-            if len(self._unstored) >= _UNSTORED_MAX:
-                self._unstored.clear()  # forgetting only costs a DELETE request later
-            self._unstored.add(key)
+        if self.deferred(key):  # only these never go straight to a store
+            _bounded_add(self._unstored, key)  # forgetting one costs a DELETE later
 
     def _reached_store(self, entry: Entry) -> None:
         self._unstored.discard(entry.key)
@@ -787,11 +802,11 @@ class FallbackChain:
         await self._cache_best_effort(self.cache.discard(key))
         return True
 
-    def _direct(self, *keys: str) -> bool:
+    def _direct(self, key: str, *more: str) -> bool:
+        keys = (key, *more)
         return (
             len(self.remotes) == 1
-            and self.settings.write_mode == "through"
-            and not any(self.held(k) for k in keys)
+            and not any(self.deferred(k) for k in keys)
             and self.replayer.is_up(self.primary.name)
             and not self.state_of[self.primary.name].unwell()
             and all(self.journal.latest(k) is None for k in keys)
@@ -820,9 +835,7 @@ class FallbackChain:
     async def write(self, key: str, source: str, metadata: Mapping[str, str]) -> ObjectInfo:
         size = Path(source).stat().st_size
         if size > self.settings.journal_max_bytes // 4 and self.held(key):
-            if len(self._too_big_to_hold) >= _UNSTORED_MAX:
-                self._too_big_to_hold.clear()
-            self._too_big_to_hold.add(key)
+            _bounded_add(self._too_big_to_hold, key)
         if self._direct(key):
             done, info = await self._try_direct(lambda r: r.write(key, source, metadata), size)
             if done and info is not None:
@@ -949,7 +962,7 @@ class FallbackChain:
     async def _settle(self, entry: Entry) -> ObjectInfo | None:
         """Wait for the primary as the write mode says; what the caller gets back."""
         fallback = None if entry.op is Op.DELETE else self._journal_info(entry)
-        if self.settings.write_mode == "back" or self.held(entry.key):
+        if self.deferred(entry.key):
             await trio.lowlevel.checkpoint()
             return fallback
         result = await self.replayer.wait(

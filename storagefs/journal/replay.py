@@ -288,8 +288,7 @@ class Replayer:
                 key = (older.seq, target)
                 if older.seq in self.state[target].in_flight or key in self._waiters:
                     continue
-                self._superseded.add(key)
-                self._record(key, Result(Outcome.APPLIED))
+                self._drop_as_applied(key)
                 nursery.start_soon(self._forget_superseded, older.seq, target)
 
     async def amend(self, entry: Entry, metadata: Mapping[str, str]) -> Entry | None:
@@ -324,11 +323,16 @@ class Replayer:
         # Marked before the first await, so the dispatcher never starts one of them.
         mine = [p for p in pairs if p not in self._superseded]
         for pair in mine:
-            self._superseded.add(pair)
-            self._record(pair, Result(Outcome.APPLIED))
+            self._drop_as_applied(pair)
         for seq, target in mine:
             await self._forget_superseded(seq, target)
         return True
+
+    def _drop_as_applied(self, pair: tuple[int, str]) -> None:
+        """Never dispatch entry ``pair`` (seq, target); a waiter is told it was applied. The
+        caller then acknowledges it in the journal (:meth:`_forget_superseded`)."""
+        self._superseded.add(pair)
+        self._record(pair, Result(Outcome.APPLIED))
 
     async def _forget_superseded(self, seq: int, target: str) -> None:
         try:
