@@ -5,11 +5,15 @@ waits for; the temporary name never reaches a store and costs no DELETE (docs/SE
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+import pytest
 import trio
 
 from storagefs.backends.base import forget_unstored, note_created
+from storagefs.fs.inodes import ROOT_INODE
+from tests.core.conftest import make_fs
 from tests.fakes import MemoryBackend
 from tests.fault_injection import FaultyBackend
 from tests.test_chain import META, contents, running, store
@@ -124,3 +128,32 @@ async def test_a_temporary_file_too_big_for_the_journal_is_not_held(tmp_path: Pa
             await chain.write(TMP, str(source), META)  # the close
         assert contents(primary) == {TMP: b"b" * 3000}  # on the store when it returned
         assert not chain.held(TMP) and chain.journal.entries_of(TMP) == []
+
+
+async def test_fsync_of_a_held_file_makes_its_journal_entry_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The close of a held file is written to the journal without an fsync (a killed daemon
+    # keeps it; tests/test_journal.py): an fsync() of the file is what makes it power-safe.
+    real_fsync = os.fsync
+    synced: list[str] = []
+
+    def fsync(fd: int) -> None:
+        synced.append(str(Path(f"/proc/self/fd/{fd}").readlink()))
+        real_fsync(fd)
+
+    async with running(tmp_path, (lone_primary(),), write_back_delay=30) as chain:
+        (tmp_path / "fs").mkdir()
+        fs = make_fs(chain, tmp_path / "fs")
+        try:
+            fh, _ = await fs.create(ROOT_INODE, ".f.Ab3xY9", 0o644, os.O_WRONLY, 0, 0)
+            await fs.write(fh, 0, b"data")
+            monkeypatch.setattr(os, "fsync", fsync)
+            await fs.flush(fh)  # the close: journaled, held
+            assert [e.key for e in chain.journal.pending("primary")] == [".f.Ab3xY9"]
+            assert not [p for p in synced if p.endswith("-wal")]
+            await fs.fsync(fh)
+            assert [p for p in synced if p.endswith("-wal")]
+            await fs.release(fh)
+        finally:
+            fs.close()

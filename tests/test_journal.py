@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import signal
 import sqlite3
 import subprocess
@@ -243,7 +244,9 @@ WRITER = textwrap.dedent(
         await journal.open()
         for i in range(100000):
             data = hashlib.sha256(str(i).encode()).digest() * (1 + (i % 7) * 1000)
-            entry = await journal.append_put_bytes(f"k{i}", data, {"mode": "1"})
+            entry = await journal.append_put_bytes(
+                f"k{i}", data, {"mode": "1"}, durable=sys.argv[2] == "durable"
+            )
             print(entry.seq, f"k{i}", entry.sha256, flush=True)
 
     trio.run(main)
@@ -251,10 +254,13 @@ WRITER = textwrap.dedent(
 )
 
 
-def run_writer_until_killed(directory: Path, acks: int) -> list[tuple[int, str, str]]:
+def run_writer_until_killed(
+    directory: Path, acks: int, durable: bool = True
+) -> list[tuple[int, str, str]]:
     """Run WRITER, SIGKILL it after ``acks`` acknowledged appends; those acknowledgements."""
+    how = "durable" if durable else "unsynced"
     proc = subprocess.Popen(
-        [sys.executable, "-c", WRITER, str(directory)], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", WRITER, str(directory), how], stdout=subprocess.PIPE, text=True
     )
     acked: list[tuple[int, str, str]] = []
     try:
@@ -272,9 +278,12 @@ def run_writer_until_killed(directory: Path, acks: int) -> list[tuple[int, str, 
     return acked
 
 
-async def test_sigkill_loses_no_acknowledged_append(tmp_path: Path) -> None:
+@pytest.mark.parametrize("durable", [True, False], ids=["durable", "not-fsyncd"])
+async def test_sigkill_loses_no_acknowledged_append(tmp_path: Path, durable: bool) -> None:
+    # An append made with durable=False is not fsync'd, but it is in the WAL: a killed
+    # daemon loses none of them (only a power cut could).
     directory = tmp_path / "j"
-    acked = await trio.to_thread.run_sync(run_writer_until_killed, directory, 40)
+    acked = await trio.to_thread.run_sync(run_writer_until_killed, directory, 40, durable)
 
     journal = await opened(directory, max_bytes=10**10)
     for seq, key, sha in acked:
@@ -283,6 +292,38 @@ async def test_sigkill_loses_no_acknowledged_append(tmp_path: Path) -> None:
         data = await journal.read_content(entry, 0, 10**7)
         assert hashlib.sha256(data).hexdigest() == sha
     assert journal.stats().quarantined == 0
+    await journal.close()
+
+
+async def test_make_durable_fsyncs_what_was_committed_without_fsync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory = tmp_path / "j"
+    journal = await opened(directory)
+    real_fsync = os.fsync
+    synced: list[str] = []
+
+    def fsync(fd: int) -> None:
+        synced.append(str(Path(f"/proc/self/fd/{fd}").readlink()))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    held = await journal.append_put_bytes("a", b"held", META, durable=False)
+    await journal.set_metadata(held, {**META, "mode": "1"}, durable=False)
+    assert synced == []  # neither fsync'd a file (SQLite's own fsync is not os.fsync)
+    await journal.make_durable()
+    assert synced == [str(directory / "journal.db-wal")]
+    synced.clear()
+    await journal.make_durable()  # nothing new since
+    await journal.append_put_bytes("b", b"kept", META, durable=False)
+    await journal.append_put_bytes("c", b"kept", META)  # a durable commit covers "b" too
+    await journal.make_durable()
+    assert synced == []
+    await journal.close()
+    journal = await opened(directory)
+    entry = journal.latest("a")
+    assert entry is not None and entry.metadata is not None and entry.metadata["mode"] == "1"
+    assert [e.key for e in journal.pending("primary")] == ["a", "b", "c"]
     await journal.close()
 
 

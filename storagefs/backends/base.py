@@ -212,7 +212,7 @@ async def start_upload(backend: Backend, key: str, metadata: Mapping[str, str]) 
 
 
 # A journal in front of the stores (the chain) can drop changes that never reached any store.
-# These two are optional like peek: plain backends apply every change at once, so to them a
+# These are optional like peek: plain backends apply every change at once, so to them a
 # new key is nothing to remember and there is never anything to forget.
 
 
@@ -221,6 +221,15 @@ def note_created(backend: Backend, key: str) -> None:
     own = getattr(backend, "note_created", None)
     if own is not None:
         own(key)
+
+
+async def make_durable(backend: Backend) -> None:
+    """What ``fsync()`` asks: every change acknowledged so far survives a power cut. Plain
+    backends have applied each change when it returned; a journal in front of them may have
+    written some without an fsync (the chain's held temporary names)."""
+    own = getattr(backend, "make_durable", None)
+    if own is not None:
+        await own()
 
 
 async def forget_unstored(backend: Backend, key: str) -> bool:

@@ -765,7 +765,10 @@ class FallbackChain:
         """A temporary name (``STORAGEFS_HELD_NAMES``, rsync's ``.NAME.XXXXXX`` by default)
         in write-through mode: its changes wait ``write_back_delay`` in the journal and are not
         waited for, so the utime, chmod and rename that follow within milliseconds fold into
-        one upload under the final name — which the rename then waits for, as a close would."""
+        one upload under the final name — which the rename then waits for, as a close would.
+        Its journal writes are not fsync'd on their own (:meth:`make_durable`): they survive
+        the daemon being killed, and the rename's upload or a later durable commit makes
+        them safe from a power cut, as a local disk's close() without fsync() is."""
         if self._held_names is None or self.settings.write_mode != "through":
             return False
         if key in self._too_big_to_hold:
@@ -801,6 +804,10 @@ class FallbackChain:
         self._unstored.discard(key)
         await self._cache_best_effort(self.cache.discard(key))
         return True
+
+    async def make_durable(self) -> None:
+        """An fsync(): what the journal holds for held names is fsync'd too."""
+        await self.journal.make_durable()
 
     def _direct(self, key: str, *more: str) -> bool:
         keys = (key, *more)
@@ -847,7 +854,8 @@ class FallbackChain:
                 else:  # the staging file keeps changing: drop the stale copy instead
                     await self._cache_soon(lambda: self.cache.discard(key))
                 return info
-        entry = await self.journal.append_put(key, source, metadata)
+        held = self.held(key)
+        entry = await self.journal.append_put(key, source, metadata, durable=not held)
         await self._cache_journaled(entry)
         info = await self._settle(entry)
         assert info is not None
@@ -878,7 +886,7 @@ class FallbackChain:
                 written = info
                 await self._cache_soon(lambda: self.cache.store_bytes(key, data, written))
                 return written
-        entry = await self.journal.append_put_bytes(key, data, metadata)
+        entry = await self.journal.append_put_bytes(key, data, metadata, durable=not self.held(key))
         await self._cache_best_effort(self.cache.store_bytes(key, data, self._journal_info(entry)))
         info = await self._settle(entry)
         assert info is not None
@@ -908,9 +916,10 @@ class FallbackChain:
         if pending is not None and pending.op is Op.PUT and src == dst and metadata is not None:
             # A chmod/chown/utime of a file whose upload is still journaled (a held temporary
             # name, write-back, an outage): the pending upload takes the new metadata.
-            amended = await self.replayer.amend(pending, metadata)
+            held = self.held(src)
+            amended = await self.replayer.amend(pending, metadata, durable=not held)
             if amended is not None:
-                if not self.held(src):  # the clean copy takes the new metadata too
+                if not held:  # the clean copy takes the new metadata too
                     meta = dict(metadata)
                     await self._cache_soon(lambda: self.cache.copy(src, src, meta))
                 return self._journal_info(amended)

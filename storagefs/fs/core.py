@@ -32,6 +32,7 @@ from storagefs.backends.base import (
     ObjectInfo,
     TransientError,
     forget_unstored,
+    make_durable,
     note_created,
     peek,
 )
@@ -1102,6 +1103,7 @@ class Filesystem:
 
     async def fsync(self, fh: int) -> None:
         await self._upload(self._handle(fh).ofile)
+        await make_durable(self.backend)
 
     async def release(self, fh: int) -> None:
         handle = self._handles.pop(fh, None)

@@ -291,9 +291,12 @@ class Replayer:
                 self._drop_as_applied(key)
                 nursery.start_soon(self._forget_superseded, older.seq, target)
 
-    async def amend(self, entry: Entry, metadata: Mapping[str, str]) -> Entry | None:
+    async def amend(
+        self, entry: Entry, metadata: Mapping[str, str], *, durable: bool = True
+    ) -> Entry | None:
         """New metadata for pending PUT ``entry`` in place, if every target still has it to
-        apply and none is applying it; None (nothing changed) otherwise."""
+        apply and none is applying it; None (nothing changed) otherwise. ``durable``: as
+        :meth:`Journal.set_metadata`."""
         targets = self.journal.pending_targets(entry.seq)
         if (
             entry.op is not Op.PUT
@@ -305,7 +308,7 @@ class Replayer:
             return None
         self._amending.add(entry.seq)  # not dispatched while its row changes
         try:
-            return await self.journal.set_metadata(entry, metadata)
+            return await self.journal.set_metadata(entry, metadata, durable=durable)
         finally:
             self._amending.discard(entry.seq)
             self._wake.set()

@@ -10,6 +10,12 @@ Layout under ``directory``::
 directory) and its index row is committed with ``synchronous=FULL`` (the WAL is fsync'd). Small
 contents are stored inline in the row, so a small write costs one fsync, not three.
 
+An append or amendment made with ``durable=False`` (the chain's held temporary names) is
+committed with ``synchronous=NORMAL``: written to the WAL, so it survives the daemon being
+killed, but fsync'd only by the next durable commit, :meth:`Journal.make_durable` (an
+``fsync()`` of the file) or a barrier — WAL frames become durable in order, so a durable commit
+covers every commit before it.
+
 Acknowledgements that a target applied an entry are committed with ``synchronous=NORMAL``: no
 fsync of their own. WAL commits become durable in order, so a power cut can only forget the
 newest acks, and re-applying an op a target already has is harmless (PUT and DELETE are
@@ -41,7 +47,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
@@ -56,6 +62,8 @@ from storagefs.journal.recovery import (
     sha256_file,
     write_quarantine_json,
 )
+
+T = TypeVar("T")
 
 __all__ = ["ContentCorrupt", "ContentGone", "Entry", "Journal", "Op", "TargetProgress"]
 
@@ -192,6 +200,7 @@ class Journal:
         self._inline_memory_bytes = 0
         self._changed = trio.Event()
         self._barrier_wanted = False
+        self._unsynced = False  # a commit made with durable=False awaits an fsync of the WAL
         self.quarantined = 0
         self.recovered_orphans = 0  # unacknowledged content files removed at open
         self.listeners: list[Callable[[Entry], None]] = []  # called after each append
@@ -258,8 +267,10 @@ class Journal:
         metadata: Mapping[str, str],
         *,
         owned: bool = False,
+        durable: bool = True,
     ) -> Entry:
-        """Journal the content of ``source_path`` as ``key``.
+        """Journal the content of ``source_path`` as ``key`` (``durable``: see the module
+        docstring; a content file is fsync'd either way).
 
         The file is copied (the caller's staging file may change right after), unless
         ``owned``: then the journal takes the file over (renamed into place when on the same
@@ -273,11 +284,14 @@ class Journal:
         staged: _Staged | None = None
         try:
             with _disk_full_is_no_space():
-                staged = await trio.to_thread.run_sync(self._stage_file, source, owned)
+                if reserved <= self.inline_max:  # a few KiB read: cheaper than a thread hop
+                    staged = self._stage_file(source, owned)
+                else:
+                    staged = await trio.to_thread.run_sync(self._stage_file, source, owned)
             if staged.size > reserved:  # the file grew while we copied it
                 self._reserve(staged.size - reserved)
                 reserved = staged.size
-            entry = await self._commit(Op.PUT, key, None, metadata, staged)
+            entry = await self._commit(Op.PUT, key, None, metadata, staged, durable=durable)
         except BaseException:
             if staged is not None:
                 await trio.to_thread.run_sync(self._unstage, staged)
@@ -288,7 +302,9 @@ class Journal:
             await trio.to_thread.run_sync(staged.consumed.unlink)
         return entry
 
-    async def append_put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str]) -> Entry:
+    async def append_put_bytes(
+        self, key: str, data: bytes, metadata: Mapping[str, str], *, durable: bool = True
+    ) -> Entry:
         self._db()
         size = len(data)
         self._reserve(size)
@@ -299,7 +315,7 @@ class Journal:
             else:
                 with _disk_full_is_no_space():
                     staged = await trio.to_thread.run_sync(self._stage_bytes, bytes(data))
-            return await self._commit(Op.PUT, key, None, metadata, staged)
+            return await self._commit(Op.PUT, key, None, metadata, staged, durable=durable)
         except BaseException:
             if staged is not None:
                 await trio.to_thread.run_sync(self._unstage, staged)
@@ -342,7 +358,9 @@ class Journal:
                 self._reserved -= latest.size
         return await self._commit(Op.COPY, dst, src, metadata, None, size=size)
 
-    async def set_metadata(self, entry: Entry, metadata: Mapping[str, str]) -> Entry:
+    async def set_metadata(
+        self, entry: Entry, metadata: Mapping[str, str], *, durable: bool = True
+    ) -> Entry:
         """Give pending PUT ``entry`` new object metadata: a chmod, chown or utime of a file
         whose upload is still journaled costs one UPDATE, not a new entry sharing the content
         (and the drop of the old one). The caller makes sure no target is applying it
@@ -353,17 +371,67 @@ class Journal:
             db = self._db()
 
             def update() -> None:
-                db.execute(
-                    "UPDATE entries SET metadata = ? WHERE seq = ?", (meta_json(meta), entry.seq)
-                )
+                with self._synchronous(db, durable):
+                    db.execute(
+                        "UPDATE entries SET metadata = ? WHERE seq = ?",
+                        (meta_json(meta), entry.seq),
+                    )
 
             with _disk_full_is_no_space():
-                await trio.to_thread.run_sync(update)
+                await self._run_commit(update, durable)
+            self._committed(durable)
         amended = dataclasses.replace(entry, metadata=meta)
         if entry.seq in self._entries:
             self._entries[entry.seq] = amended
         self._notify()
         return amended
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _synchronous(db: sqlite3.Connection, durable: bool) -> Iterator[None]:
+        """Commit without an fsync of the WAL unless ``durable`` (FULL is the default)."""
+        if durable:
+            yield
+            return
+        db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            yield
+        finally:
+            db.execute("PRAGMA synchronous=FULL")
+
+    @staticmethod
+    async def _run_commit(commit: Callable[[], T], durable: bool) -> T:
+        """A durable commit waits for an fsync: in a worker thread. One that does not is a
+        write into the WAL (tens of microseconds): cheaper here than a thread hop."""
+        if durable:
+            return await trio.to_thread.run_sync(commit)
+        return commit()
+
+    def _committed(self, durable: bool) -> None:
+        if not durable:
+            self._unsynced = True
+        else:  # this commit's fsync of the WAL covered the earlier ones
+            self._unsynced = False
+
+    async def make_durable(self) -> None:
+        """fsync what commits made with ``durable=False`` wrote (an ``fsync()`` of a file
+        whose upload was journaled that way); nothing to do when there are none."""
+        if not self._unsynced:
+            await trio.lowlevel.checkpoint()
+            return
+        async with self._lock:
+            db = Layout(self.directory).db
+            wal = db.with_name(db.name + "-wal")
+
+            def sync() -> None:
+                fd = os.open(wal, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+
+            await trio.to_thread.run_sync(sync)
+            self._unsynced = False
 
     def _reserve(self, size: int) -> None:
         if self._bytes + self._reserved + size > self.max_bytes:
@@ -382,16 +450,19 @@ class Journal:
         staged: _Staged | None,
         *,
         size: int = 0,
+        durable: bool = True,
     ) -> Entry:
         created = time.time()
         meta = None if metadata is None else dict(metadata)
         async with self._lock:
             db = self._db()
-            garbage, self._garbage = self._garbage, []
+            garbage, self._garbage = (self._garbage, []) if durable else ([], self._garbage)
 
             def insert() -> int:
-                seq = self._insert(db, op, key, src, meta, staged, created)
-                # This commit was fsync'd, and with it every earlier ack: finished files go.
+                with self._synchronous(db, durable):
+                    seq = self._insert(db, op, key, src, meta, staged, created)
+                # A durable commit was fsync'd, and with it every earlier ack: finished
+                # files go.
                 self._unlink_content(garbage)
                 return seq
 
@@ -399,10 +470,11 @@ class Journal:
                 # One thread call, and no checkpoint between it and the mirror update below:
                 # a cancellation cannot leave a committed entry out of the mirror.
                 with _disk_full_is_no_space():
-                    seq = await trio.to_thread.run_sync(insert)
+                    seq = await self._run_commit(insert, durable)
             except BaseException:
                 self._garbage[:0] = garbage
                 raise
+            self._committed(durable)
         entry = Entry(
             seq=seq,
             op=op,
