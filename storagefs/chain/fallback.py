@@ -64,6 +64,11 @@ _NOT_ANSWERING = (BackendUnavailable, TransientError)
 CACHE = "cache"  # the name the local copies go by in listing tokens
 CACHE_QUEUE = 256  # small direct writes waiting to be copied into the cache
 SMALL_CACHE_COPY = 1024 * 1024  # larger direct writes are not copied into the cache
+# Cache upkeep with nothing queued behind it waits this long first: the call that caused it (a
+# lookup, a close) is followed within a millisecond by the same program's next one (open, read,
+# the next create), which a cache write would slow down by competing for the GIL and the CPU.
+# The wait moves the write into the next request's wait for the network.
+CACHE_QUIET = 0.005
 PROBE_INTERVAL = 1.0  # seconds between health probes of an unwell remote
 _KEYS_REMEMBERED = 100_000  # bound of the chain's per-key sets (unstored, too big to hold)
 
@@ -308,6 +313,8 @@ class FallbackChain:
         # One consumer, in order: the cache sees a key's changes in the order they were made.
         async with receive:
             async for work in receive:
+                if not receive.statistics().current_buffer_used:  # no backlog: let it settle
+                    await trio.sleep(CACHE_QUIET)
                 await self._cache_best_effort(work())
 
     async def _cache_soon(self, work: Callable[[], Awaitable[None]]) -> None:

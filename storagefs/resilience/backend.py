@@ -651,11 +651,21 @@ class ResilientBackend:
         )
         with trio.move_on_after(deadline):
             try:
-                if attempts == 1:  # nothing to retry (reads answerable elsewhere): the hot path
+                # The first attempt runs outside tenacity (its bookkeeping costs a cached
+                # lookup's worth of time on every call); a failure of it is handed to tenacity
+                # as its own first attempt, so the backoff and the count are the same.
+                first: TransientError | None = None
+                try:
                     return await attempt()
-                assert retrying is not None
+                except TransientError as exc:
+                    if retrying is None:
+                        raise
+                    first = exc
                 async for attempt_manager in retrying:
                     with attempt_manager:
+                        if first is not None:
+                            failed, first = first, None
+                            raise failed
                         return await attempt()
             except TransientError as exc:
                 raise RetriesExhausted(
