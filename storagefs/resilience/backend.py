@@ -654,18 +654,16 @@ class ResilientBackend:
                 # The first attempt runs outside tenacity (its bookkeeping costs a cached
                 # lookup's worth of time on every call); a failure of it is handed to tenacity
                 # as its own first attempt, so the backoff and the count are the same.
-                first: TransientError | None = None
                 try:
                     return await attempt()
                 except TransientError as exc:
                     if retrying is None:
                         raise
-                    first = exc
+                    handed = [exc]
                 async for attempt_manager in retrying:
                     with attempt_manager:
-                        if first is not None:
-                            failed, first = first, None
-                            raise failed
+                        if handed:
+                            raise handed.pop()
                         return await attempt()
             except TransientError as exc:
                 raise RetriesExhausted(
