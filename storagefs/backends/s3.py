@@ -52,6 +52,7 @@ T = TypeVar("T")
 MAX_SINGLE_COPY = 5 * 1024**3  # S3 refuses CopyObject above 5 GiB
 OPEN_TIMEOUT = 8.0
 _CHUNK = 1024 * 1024  # open() answers within this even when the endpoint never responds
+SMALL_BODY = 1024 * 1024  # PUTs up to this send their body without waiting for "continue"
 
 _NOT_FOUND_CODES = {"NoSuchKey", "NotFound", "404", "NoSuchUpload"}
 _DENIED_CODES = {
@@ -169,6 +170,16 @@ def _timestamp(raw: object) -> float:
     return raw.timestamp() if isinstance(raw, datetime) else time.time()
 
 
+def _no_wait_for_continue(request: Any, **_: Any) -> None:
+    """botocore sends every PUT body after "Expect: 100-continue", i.e. it waits one round
+    trip for the server's go-ahead (2.3 ms of a 8.5 ms 4 KiB PUT on moto, a network round
+    trip on S3). That wait saves sending a big body the server would refuse; for a small one
+    it only costs time, so the header goes (it is not signed: SigV4 leaves ``expect`` out)."""
+    length = request.headers.get("Content-Length")
+    if length is not None and int(length) <= SMALL_BODY:
+        request.headers.pop("Expect", None)
+
+
 class S3Backend:
     def __init__(self, bucket: str, prefix: str, settings: Settings, name: str = "s3") -> None:
         self.name = name
@@ -196,6 +207,7 @@ class S3Backend:
             "s3", endpoint_url=settings.s3_endpoint_url, region_name=region, config=config
         )
         self.endpoint: str = self._client.meta.endpoint_url
+        self._client.meta.events.register("before-send.s3.PutObject", _no_wait_for_continue)
         self._transfer = TransferConfig(
             multipart_threshold=settings.multipart_threshold,
             multipart_chunksize=settings.multipart_chunksize,

@@ -27,7 +27,7 @@ from storagefs.backends.base import (
     peek,
     start_upload,
 )
-from storagefs.backends.s3 import S3Backend, classify
+from storagefs.backends.s3 import SMALL_BODY, S3Backend, classify
 from storagefs.config import Settings
 from storagefs.devtools.emulators import free_port
 from tests.conftest import S3Bucket
@@ -190,6 +190,27 @@ async def test_small_write_is_one_put(s3_bucket: S3Bucket, tmp_path: Path) -> No
     assert requests.ops == ["PutObject"]
     assert (info.size, info.metadata) == (1000, {"mode": "33188"})
     assert info.etag == (await backend.stat("k")).etag
+
+
+async def test_a_small_put_does_not_wait_for_100_continue(
+    s3_bucket: S3Bucket, tmp_path: Path
+) -> None:
+    backend = S3Backend(s3_bucket.bucket, "", _settings(s3_bucket.endpoint_url))
+    sent: list[tuple[object, object]] = []
+
+    def record(request: Any, **kwargs: Any) -> None:
+        sent.append((request.headers.get("Content-Length"), request.headers.get("Expect")))
+
+    backend._client.meta.events.register_last("before-send.s3.PutObject", record)
+    small, big = tmp_path / "small", tmp_path / "big"
+    small.write_bytes(b"s" * 4096)
+    big.write_bytes(b"b" * (SMALL_BODY + 1))
+    await backend.write("small", str(small), {})
+    await backend.write_bytes("small2", b"t" * 10, {})
+    await backend.write("big", str(big), {})  # below the multipart threshold: one PUT
+    assert sent == [("4096", None), ("10", None), (str(SMALL_BODY + 1), b"100-continue")]
+    assert await backend.read("small", 0, 10) == b"s" * 10
+    assert await backend.read("big", SMALL_BODY - 1, 10) == b"bb"
 
 
 async def test_download_reuses_its_stat(s3_bucket: S3Bucket, tmp_path: Path) -> None:
