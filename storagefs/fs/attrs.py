@@ -11,7 +11,7 @@ docs/SEMANTICS.md, "How files map to objects"):
   (``1700000000.123456789``); s3fs writes whole seconds and reads the fraction rclone adds.
 * A symbolic link is an object whose body is the target and whose mode has ``S_IFLNK``.
 * FIFOs, sockets and device nodes are zero-byte objects whose mode carries their type.
-* Hard links (storagefs's own, storagefs/fs/links.py): each name is a zero-byte *pointer*
+* Hard links (storagefs's own, storagefs/fs/links.py): each name is a one-line *pointer*
   object whose only entry, ``storagefs-link``, is the id of the *inode object*
   (``.storagefs/links/<id>``) that holds the content and the entries above, plus
   ``storagefs-nlink``: the number of names.

@@ -2,7 +2,7 @@
 
 A hard-linked file's content and attributes live in one hidden *inode object* at
 ``.storagefs/links/<id>`` (:func:`~storagefs.fs.names.inode_key`; the root's ``.storagefs`` is
-reserved: never listed, never found, never made by users). Each of its names is a zero-byte
+reserved: never listed, never found, never made by users). Each of its names is a small
 *pointer* object whose only metadata entry names the id (``attrs.pointer_metadata``). The
 inode object's metadata carries the usual attributes and the count of names
 (``storagefs-nlink``). A plain file becomes hard-linked on its first ``link()``: its object is
@@ -237,7 +237,7 @@ class HardLinks:
     async def _write_pointer(self, path: str, link_id: str) -> None:
         fs = self.fs
         meta = pointer_metadata(link_id)
-        info = await fs._with_etag(await fs.backend.write_bytes(path, b"", meta))
+        info = await fs._with_etag(await fs.backend.write_bytes(path, pointer_body(link_id), meta))
         fs._remember_meta(info, meta)
         fs._update_listing_entry(path, info)
 
@@ -279,6 +279,14 @@ class HardLinks:
         fs._memo(src, None, None)
         await self.store(node)
         return info
+
+
+def pointer_body(link_id: str) -> bytes:
+    """What a pointer holds: a line saying where the file is, for people and other tools.
+    Not empty: every empty object has the same etag (S3's is the MD5 of nothing), and the
+    metadata cache, keyed by etag, would then take one pointer (or an empty file that was
+    there before) for another."""
+    return f"storagefs hard link: {inode_key(link_id)}\n".encode()
 
 
 def _with_metadata(info: ObjectInfo, meta: Mapping[str, str]) -> ObjectInfo:

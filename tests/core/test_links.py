@@ -15,6 +15,7 @@ from storagefs.fs.attrs import META_LINK, META_NLINK
 from storagefs.fs.core import Filesystem
 from storagefs.fs.errors import FSError
 from storagefs.fs.inodes import ROOT_INODE
+from storagefs.fs.links import pointer_body
 from storagefs.fs.metadata_cache import MetadataCache
 from storagefs.fs.names import LINKS_PREFIX
 from tests.core.conftest import make_fs, read_file, resolve, write_file
@@ -32,6 +33,11 @@ def cold(backend: MemoryBackend, tmp_path: Path, nursery: trio.Nursery, name: st
 
 def inode_objects(backend: MemoryBackend) -> dict[str, tuple[bytes, dict[str, str]]]:
     return {k: (v[0], v[1]) for k, v in backend.objects.items() if k.startswith(LINKS_PREFIX)}
+
+
+def link_id(backend: MemoryBackend) -> str:
+    [key] = inode_objects(backend)
+    return key[len(LINKS_PREFIX) :]
 
 
 async def errno_of(call: object) -> int:
@@ -64,12 +70,12 @@ async def test_a_link_is_the_same_file_under_two_names(
     assert (await stat_of(fs, "f"))[:3] == (ino, 2, 5)
     assert (await stat_of(fs, "d/g"))[:3] == (ino, 2, 5)
     assert await read_file(fs, "d/g") == b"hello"
-    # On the store: two zero-byte pointers naming one inode object that holds it all.
+    # On the store: two one-line pointers naming one inode object that holds it all.
     [(key, (data, meta))] = inode_objects(backend).items()
     assert data == b"hello" and meta[META_NLINK] == "2" and meta["mode"] == str(0o100644)
     link_id = key[len(LINKS_PREFIX) :]
     for name in ("f", "d/g"):
-        assert backend.objects[name][0] == b""
+        assert backend.objects[name][0] == f"storagefs hard link: {key}\n".encode()
         assert backend.objects[name][1] == {META_LINK: link_id}
     # A third name: the count goes up, no new inode object.
     third = await fs.link(ino, ROOT_INODE, "h")
@@ -91,7 +97,7 @@ async def test_writes_and_attributes_through_one_name_show_through_the_other(
     assert await read_file(fs, "f") == b"sec"
     [(data, meta)] = inode_objects(backend).values()
     assert data == b"sec" and meta["mode"] == str(0o100600) and meta[META_NLINK] == "2"
-    assert backend.objects["f"][0] == backend.objects["g"][0] == b""
+    assert backend.objects["f"][0] == backend.objects["g"][0] == pointer_body(link_id(backend))
 
 
 async def test_ctime_changes_on_link_unlink_and_rename(fs: Filesystem) -> None:
@@ -150,7 +156,8 @@ async def test_rename_moves_only_the_pointer(fs: Filesystem, backend: MemoryBack
     await fs.mkdir(ROOT_INODE, "d", 0o755, 0, 0)
     inode_before = dict(inode_objects(backend))
     await fs.rename(ROOT_INODE, "g", await resolve(fs, "d"), "moved")
-    assert "g" not in backend.objects and backend.objects["d/moved"][0] == b""
+    assert "g" not in backend.objects
+    assert backend.objects["d/moved"][0] == pointer_body(link_id(backend))
     assert inode_objects(backend).keys() == inode_before.keys()
     assert (await stat_of(fs, "d/moved"))[:3] == (ino, 2, 3)
     assert await read_file(fs, "d/moved") == b"abc"
@@ -279,15 +286,17 @@ async def test_another_mount_sees_one_file_with_two_names(
         mount.close()
 
 
-async def test_a_pointer_whose_inode_object_is_gone_is_an_empty_file(
+async def test_a_pointer_whose_inode_object_is_gone_is_the_file_it_is(
     fs: Filesystem, backend: MemoryBackend, tmp_path: Path, nursery: trio.Nursery
 ) -> None:
     ino = await write_file(fs, "f", b"x")
     await fs.link(ino, ROOT_INODE, "g")
     for key in inode_objects(backend):
         del backend.objects[key]
+    body = backend.objects["f"][0]
     fresh = cold(backend, tmp_path, nursery, "second")
-    assert (await stat_of(fresh, "f"))[1:3] == (1, 0)
+    assert (await stat_of(fresh, "f"))[1:3] == (1, len(body))
+    assert await read_file(fresh, "f") == body  # it says where the file was
     await fresh.unlink(ROOT_INODE, "f")
     assert "f" not in backend.objects
     fresh.close()
@@ -301,3 +310,24 @@ async def test_too_many_links_is_emlink(
     await fs.link(ino, ROOT_INODE, "g")
     await fs.link(ino, ROOT_INODE, "h")
     assert await errno_of(fs.link(ino, ROOT_INODE, "i")) == errno.EMLINK
+
+
+async def test_a_mount_that_knew_the_empty_file_sees_it_become_a_link(
+    fs: Filesystem, backend: MemoryBackend, tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """The metadata cache is keyed by etag: a pointer must not share one with the empty file
+    that was there before (nor with another pointer)."""
+    await write_file(fs, "empty", b"")
+    other = cold(backend, tmp_path, nursery, "second")
+    dh = await other.opendir(ROOT_INODE)  # remembers the empty file's metadata
+    other.releasedir(dh)
+    await fs.link(await resolve(fs, "empty"), ROOT_INODE, "also")
+    again = make_fs(backend, tmp_path / "second")  # a remount with the same metadata cache
+    again.meta = other.meta
+    again.attach(nursery)
+    dh = await again.opendir(ROOT_INODE)
+    nodes = {e.name: e.node for e in again.readdir(dh, 0)}
+    again.releasedir(dh)
+    assert nodes["empty"].nlink == nodes["also"].nlink == 2
+    assert nodes["empty"].ino == nodes["also"].ino
+    other.close()
