@@ -331,3 +331,33 @@ async def test_a_mount_that_knew_the_empty_file_sees_it_become_a_link(
     assert nodes["empty"].nlink == nodes["also"].nlink == 2
     assert nodes["empty"].ino == nodes["also"].ino
     other.close()
+
+
+async def test_links_made_during_an_outage_reach_both_stores_by_the_journal(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    from tests.test_chain import remotes, running, store
+
+    primary, secondary = remotes()
+    async with running(tmp_path / "chain", (primary, secondary)) as chain:
+        fs = make_fs(chain, tmp_path)
+        fs.attach(nursery)
+        ino = await write_file(fs, "f", b"before")
+        primary.set_down()
+        secondary.set_down()
+        await fs.link(ino, ROOT_INODE, "g")
+        await fs.link(ino, ROOT_INODE, "h")
+        await overwrite(fs, "g", b"during the outage")
+        await fs.unlink(ROOT_INODE, "f")
+        assert await read_file(fs, "h") == b"during the outage"
+        primary.set_up()
+        secondary.set_up()
+        assert await chain.flush(10)
+        fs.close()
+    for backend in (primary, secondary):
+        objects = store(backend).objects
+        assert "f" not in objects
+        [key] = [k for k in objects if k.startswith(LINKS_PREFIX)]
+        assert objects[key][0] == b"during the outage"
+        assert objects[key][1][META_NLINK] == "2"
+        assert objects["g"][1] == objects["h"][1] == {META_LINK: key[len(LINKS_PREFIX) :]}
