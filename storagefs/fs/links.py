@@ -196,8 +196,7 @@ class HardLinks:
         if node.link is None:
             await self._make_linked(node, now)
         else:
-            info = await self._stat(node.link)  # the count now, whoever changed it since
-            count = nlink_of(info.metadata)
+            count = await self._count(node)
             if count >= LINK_MAX:
                 raise FSError(errno.EMLINK)
             node.links = count + 1
@@ -241,16 +240,27 @@ class HardLinks:
         fs._remember_meta(info, meta)
         fs._update_listing_entry(path, info)
 
+    async def _count(self, node: Node) -> int:
+        """The count of ``node``'s inode object now, whoever changed it since (0 when it is
+        gone); its stored attributes too, unless a local copy being written is newer."""
+        assert node.link is not None
+        try:
+            info = await self._stat(node.link)
+        except NotFound:
+            return 0
+        ofile = self.fs._open.get(node.ino)
+        if ofile is None or ofile.staging is None:
+            node.attrs = attrs_from_object(info, False, self.fs.defaults, info.metadata)
+            node.etag = info.etag
+        return nlink_of(info.metadata)
+
     async def name_removed(self, node: Node) -> None:
         """One name of ``node`` is gone (its pointer deleted or replaced): one less in the
         count; the last name takes the inode object with it (an open file keeps its data,
         as for any unlink while open)."""
         assert node.link is not None
         fs = self.fs
-        try:
-            count = nlink_of((await self._stat(node.link)).metadata) - 1
-        except NotFound:
-            count = 0
+        count = max(await self._count(node) - 1, 0)
         node.links = count
         node.attrs.ctime_ns = time.time_ns()
         if count > 0:

@@ -361,3 +361,17 @@ async def test_links_made_during_an_outage_reach_both_stores_by_the_journal(
         assert objects[key][0] == b"during the outage"
         assert objects[key][1][META_NLINK] == "2"
         assert objects["g"][1] == objects["h"][1] == {META_LINK: key[len(LINKS_PREFIX) :]}
+
+
+async def test_a_count_change_keeps_attributes_another_mount_stored(
+    fs: Filesystem, backend: MemoryBackend, tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    ino = await write_file(fs, "f", b"x", mode=0o644)
+    await fs.link(ino, ROOT_INODE, "g")
+    other = cold(backend, tmp_path, nursery, "second")
+    await other.setattr(await resolve(other, "g"), mode=0o600)
+    await fs.link(ino, ROOT_INODE, "h")  # this mount's attributes of the file are stale
+    await fs.unlink(ROOT_INODE, "g")
+    [(_, meta)] = inode_objects(backend).values()
+    assert meta["mode"] == str(0o100600) and meta[META_NLINK] == "2"
+    other.close()
