@@ -114,7 +114,7 @@ class HardLinks:
                 # A peek, as for any cold lookup: a small file's first read is then free.
                 info, first = await peek(fs.backend, key, fs.options.peek_bytes)
             except NotFound:
-                # Its inode object is gone (deleted by another tool): the empty object it is.
+                # Its inode object is gone (deleted by another tool): the one-line file it is.
                 log.warning("%s names the hard-link object %s, which is gone", path, key)
                 attrs = fs._file_attrs(pointer, pointer.metadata or {})
                 return fs.inodes.upsert(path, attrs, pointer.etag, until)
