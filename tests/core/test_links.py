@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from storagefs.backends.base import ObjectInfo, TransientError
 from storagefs.fs.attrs import META_LINK, META_NLINK
 from storagefs.fs.core import Filesystem
 from storagefs.fs.errors import FSError
@@ -375,3 +376,31 @@ async def test_a_count_change_keeps_attributes_another_mount_stored(
     [(_, meta)] = inode_objects(backend).values()
     assert meta["mode"] == str(0o100600) and meta[META_NLINK] == "2"
     other.close()
+
+
+class NoStatOfInodeObjects(MemoryBackend):
+    """A store whose HEADs of inode objects time out (while set)."""
+
+    failing = False
+
+    async def stat(self, key: str) -> ObjectInfo:
+        if self.failing and key.startswith(LINKS_PREFIX):
+            await trio.lowlevel.checkpoint()
+            raise TransientError("timed out")
+        return await super().stat(key)
+
+
+async def test_unlink_counts_on_what_the_mount_knows_when_the_count_cannot_be_read(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    backend = NoStatOfInodeObjects()
+    fs = make_fs(backend, tmp_path)
+    fs.attach(nursery)
+    ino = await write_file(fs, "f", b"x")
+    await fs.link(ino, ROOT_INODE, "g")
+    backend.failing = True
+    await fs.unlink(ROOT_INODE, "f")
+    assert "f" not in backend.objects and fs.inodes.get(ino).nlink == 1
+    [(_, meta)] = inode_objects(backend).values()
+    assert meta[META_NLINK] == "1"
+    fs.close()
