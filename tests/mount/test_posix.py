@@ -622,6 +622,38 @@ def test_hard_links_behave_as_on_ext4(posix_mount: Callable[..., Mount], store: 
     assert leftover == []  # the last unlink took the inode object
 
 
+@BACKENDS
+def test_hard_linked_trees_through_tar_rsync_and_cp(
+    posix_mount: Callable[..., Mount], tmp_path: Path
+) -> None:
+    """tar x, rsync -H and cp -al keep hard-linked members one file; rm -rf of a copy leaves
+    the count of the others right; rsync -H back out finds them linked."""
+    m = posix_mount()
+    p = m.path
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "a").write_bytes(b"aaa")
+    os.link(src / "a", src / "b")
+    os.link(src / "a", src / "sub/c")
+
+    def one_file(root: Path, nlink: int) -> None:
+        found = [os.stat(root / n) for n in ("a", "b", "sub/c")]
+        assert len({s.st_ino for s in found}) == 1 and found[0].st_nlink == nlink
+        assert (root / "sub/c").read_bytes() == b"aaa"
+
+    ok(f"tar -C {tmp_path} -cf {tmp_path}/t.tar src && tar -C {p} -xf {tmp_path}/t.tar")
+    one_file(p / "src", 3)
+    ok(f"rsync -aH {src}/ {p}/rs/")
+    one_file(p / "rs", 3)
+    ok(f"cp -al {p}/rs {p}/cpal")
+    one_file(p / "cpal", 6)
+    assert ok(f"cd {p} && find rs -links 6 | sort").split() == ["rs/a", "rs/b", "rs/sub/c"]
+    ok(f"rm -rf {p}/cpal")
+    one_file(p / "rs", 3)
+    ok(f"rsync -aH {p}/rs/ {tmp_path}/back/")
+    one_file(tmp_path / "back", 3)
+
+
 # --- real trees through rsync, tar and cp ----------------------------------------------
 
 
