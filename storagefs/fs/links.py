@@ -77,6 +77,11 @@ class HardLinks:
         self._remember(link_id, info)
         return info
 
+    def _staged(self, node: Node) -> bool:
+        """A local staging copy of ``node`` is newer than its inode object (core.path_is_open)."""
+        ofile = self.fs._open.get(node.ino)
+        return ofile is not None and ofile.staging is not None
+
     def metadata(self, node: Node) -> dict[str, str]:
         """What the inode object of ``node`` stores: its attributes and its count."""
         meta = node.attrs.to_metadata()
@@ -87,8 +92,7 @@ class HardLinks:
         """The node of inode object ``link_id`` (stat'ed as ``info``), found as ``path``."""
         fs = self.fs
         node = fs.inodes.by_link(link_id)
-        ofile = fs._open.get(node.ino) if node is not None else None
-        if node is not None and ofile is not None and ofile.staging is not None:
+        if node is not None and self._staged(node):
             # A local staging copy is newer than the store: keep it, learn the name.
             if fs.inodes.by_path(path) is not node:
                 fs.inodes.detach(path)
@@ -253,8 +257,7 @@ class HardLinks:
             # unlink whose pointer is already deleted must not fail for it.
             log.warning("count of %s unknown (%s); using %d", node.key, exc, node.links)
             return node.links
-        ofile = self.fs._open.get(node.ino)
-        if ofile is None or ofile.staging is None:
+        if not self._staged(node):
             node.attrs = attrs_from_object(info, False, self.fs.defaults, info.metadata)
             node.etag = info.etag
         return nlink_of(info.metadata)
