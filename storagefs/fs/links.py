@@ -172,7 +172,8 @@ class HardLinks:
         assert node.link is not None
         fs = self.fs
         meta = self.metadata(node)
-        info = await fs._with_etag(await fs.backend.copy(node.key or "", node.key or "", meta))
+        key = inode_key(node.link)
+        info = await fs._with_etag(await fs.backend.copy(key, key, meta))
         node.etag = info.etag
         fs._remember_meta(info, meta)
         self._remember(node.link, _with_metadata(info, meta))
@@ -230,12 +231,14 @@ class HardLinks:
         meta = node.attrs.to_metadata()
         meta[META_NLINK] = "2"
         info = await fs._with_etag(await fs.backend.copy(src, inode_key(link_id), meta))
-        fs.inodes.set_link(node, link_id, 2)
-        node.etag = info.etag
         fs._remember_meta(info, meta)
         self._remember(link_id, _with_metadata(info, meta))
-        fs._peeked.pop(src, None)
+        # Only once its name points there is the file the inode object's: if this write
+        # fails, the file stays what it was (and the copy an invisible orphan).
         await self._write_pointer(src, link_id)
+        fs._peeked.pop(src, None)
+        fs.inodes.set_link(node, link_id, 2)
+        node.etag = info.etag
 
     async def _write_pointer(self, path: str, link_id: str) -> None:
         fs = self.fs
@@ -289,9 +292,10 @@ class HardLinks:
     async def rename_pointer(self, src: str, dst: str, node: Node) -> ObjectInfo:
         """Move one name of a hard-linked file: only its pointer moves; the inode object
         takes the new ctime."""
+        assert node.link is not None
         fs = self.fs
         info = await fs._with_etag(await fs.backend.copy(src, dst))
-        fs._remember_meta(info, pointer_metadata(node.link or ""))
+        fs._remember_meta(info, pointer_metadata(node.link))
         if not await forget_unstored(fs.backend, src):
             await fs.backend.delete(src)
         fs._memo(src, None, None)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -403,4 +404,35 @@ async def test_unlink_counts_on_what_the_mount_knows_when_the_count_cannot_be_re
     assert "f" not in backend.objects and fs.inodes.get(ino).nlink == 1
     [(_, meta)] = inode_objects(backend).values()
     assert meta[META_NLINK] == "1"
+    fs.close()
+
+
+class FailingPointerWrites(MemoryBackend):
+    """A store that refuses to write pointers (while set)."""
+
+    failing = False
+
+    async def write_bytes(self, key: str, data: bytes, metadata: Mapping[str, str]) -> ObjectInfo:
+        if self.failing and META_LINK in metadata:
+            await trio.lowlevel.checkpoint()
+            raise TransientError("refused")
+        return await super().write_bytes(key, data, metadata)
+
+
+async def test_a_failed_first_link_leaves_the_file_as_it_was(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    backend = FailingPointerWrites()
+    fs = make_fs(backend, tmp_path)
+    fs.attach(nursery)
+    ino = await write_file(fs, "f", b"plain")
+    backend.failing = True
+    assert await errno_of(fs.link(ino, ROOT_INODE, "g")) == errno.EIO
+    backend.failing = False
+    node = await fs.getattr(ino)
+    assert node.link is None and node.nlink == 1
+    await overwrite(fs, "f", b"still plain")
+    assert backend.objects["f"][0] == b"still plain"
+    await fs.link(ino, ROOT_INODE, "g")  # and it can be linked later
+    assert await read_file(fs, "g") == b"still plain"
     fs.close()
