@@ -11,6 +11,10 @@ docs/SEMANTICS.md, "How files map to objects"):
   (``1700000000.123456789``); s3fs writes whole seconds and reads the fraction rclone adds.
 * A symbolic link is an object whose body is the target and whose mode has ``S_IFLNK``.
 * FIFOs, sockets and device nodes are zero-byte objects whose mode carries their type.
+* Hard links (storagefs's own, storagefs/fs/links.py): each name is a one-line *pointer*
+  object whose only entry, ``storagefs-link``, is the id of the *inode object*
+  (``.storagefs/links/<id>``) that holds the content and the entries above, plus
+  ``storagefs-nlink``: the number of names.
 
 Every reader of these entries (the core, ``storagefs download``) goes through this module.
 """
@@ -28,6 +32,8 @@ from storagefs.backends.base import META_GID, META_MODE, META_MTIME, META_UID, O
 META_CTIME = "ctime"
 META_ATIME = "atime"
 META_RDEV = "rdev"
+META_LINK = "storagefs-link"  # on a name: the id of its inode object (hard links)
+META_NLINK = "storagefs-nlink"  # on an inode object: its number of names
 
 NS = 1_000_000_000
 
@@ -73,6 +79,25 @@ class Attrs:
         if stat.S_ISCHR(self.mode) or stat.S_ISBLK(self.mode):
             meta[META_RDEV] = str(self.rdev)
         return meta
+
+
+def pointer_metadata(link_id: str) -> dict[str, str]:
+    """The metadata of a name of a hard-linked file: which inode object it names."""
+    return {META_LINK: link_id}
+
+
+def link_of(meta: Mapping[str, str] | None) -> str | None:
+    """The inode object a pointer names (a lowercase hex id), None for any other object."""
+    value = (meta or {}).get(META_LINK, "").strip()
+    if value and len(value) <= 64 and all(c in "0123456789abcdef" for c in value):
+        return value
+    return None
+
+
+def nlink_of(meta: Mapping[str, str] | None) -> int:
+    """An inode object's stored link count (1 when absent or garbage)."""
+    count = meta_int(meta, META_NLINK)
+    return 1 if count is None else count
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -36,7 +36,7 @@ from storagefs.backends.base import (
     note_created,
     peek,
 )
-from storagefs.fs.attrs import OBJECT_TYPES, Attrs, Defaults, attrs_from_object
+from storagefs.fs.attrs import OBJECT_TYPES, Attrs, Defaults, attrs_from_object, link_of
 from storagefs.fs.dirs import LIST_PAGE, DirCache, Entry, Listing, list_directory
 from storagefs.fs.errors import FSError, as_fs_error, errno_for, first_failure
 from storagefs.fs.files import (
@@ -48,12 +48,14 @@ from storagefs.fs.files import (
     StagingFiles,
 )
 from storagefs.fs.inodes import ROOT_INODE, InodeTable, Node
+from storagefs.fs.links import HardLinks
 from storagefs.fs.metadata_cache import MetadataCache
 from storagefs.fs.names import (
     check_new_name,
     child_path,
     dir_prefix,
     encode_name,
+    is_reserved,
     parent_and_name,
 )
 from storagefs.fs.space import statvfs
@@ -202,6 +204,7 @@ class Filesystem:
         self.journal_room: Callable[[], int] | None = None  # bytes the journal can still take
         options.staging_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.staging = StagingFiles(options.staging_dir)
+        self.links = HardLinks(self)
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -266,17 +269,17 @@ class Filesystem:
             dest,
         )
 
-    def _remember_content(self, path: str, etag: str, data: bytes) -> None:
-        self._peeked[path] = (etag, data)
-        self._peeked.move_to_end(path)
+    def _remember_content(self, key: str, etag: str, data: bytes) -> None:
+        self._peeked[key] = (etag, data)
+        self._peeked.move_to_end(key)
         while len(self._peeked) > PEEKED_FILES:
             self._peeked.popitem(last=False)
 
     def _peeked_content(self, node: Node) -> bytes | None:
         """The whole content a lookup already fetched, if it is still this object's."""
-        if node.path is None:
+        if node.key is None:
             return None
-        found = self._peeked.pop(node.path, None)
+        found = self._peeked.pop(node.key, None)
         if found is None or node.etag is None or found[0] != node.etag:
             return None
         return found[1] if len(found[1]) == node.attrs.size else None
@@ -305,6 +308,9 @@ class Filesystem:
     def _check_room(self, key: str) -> None:
         """A new name whose key the stores cannot hold is ENAMETOOLONG now, not EIO at close
         (S3 and Azure take keys of at most 1,024 bytes, the URL's prefix included)."""
+        if is_reserved(key):
+            # The mount's own objects (hard links' inode objects) live there.
+            raise FSError(errno.EPERM, "the root's .storagefs is reserved")
         if len(encode_name(key)) > self.options.max_key_bytes:
             limit = self.options.max_key_bytes
             raise FSError(errno.ENAMETOOLONG, f"a key longer than {limit} bytes")
@@ -373,8 +379,13 @@ class Filesystem:
         known = self.meta.get_many(unknown)
         listing.meta = known
         missing = [(k, e) for k, e in unknown if k not in known and e is not None]
-        if not missing or len(missing) > self.options.listing_head_limit:
-            return
+        if missing and len(missing) <= self.options.listing_head_limit:
+            await self._head_all(missing, known)
+        await self.links.fill(known.values())  # hard-linked files' pointers: their inodes
+
+    async def _head_all(
+        self, missing: list[tuple[str, str]], known: dict[str, dict[str, str]]
+    ) -> None:
         limiter = trio.CapacityLimiter(self.options.listing_head_parallelism)
 
         async def head(key: str, etag: str | None) -> None:
@@ -424,6 +435,14 @@ class Filesystem:
         if existing is not None and path_is_open(self, existing):
             return existing  # a local staging copy is newer than the listing
         meta = known.get(info.key) if known is not None else self.meta.get(info.key, info.etag)
+        link_id = link_of(meta)
+        if link_id is not None:  # a name of a hard-linked file: its inode object's node
+            node = self.links.entry_node(path, link_id, until)
+            if node is not None:
+                return node
+            if existing is not None and existing.link == link_id:
+                return existing
+            until = 0.0  # the pointer's own attributes, until a lookup finds its inode object
         same_object = existing is not None and existing.etag == info.etag
         if existing is not None and same_object and not existing.attrs.is_dir and meta is None:
             existing.expires = until  # same object as before: keep what a HEAD said
@@ -460,7 +479,12 @@ class Filesystem:
             entry = cached.entries.get(name)
             if entry is None:
                 raise FSError(errno.ENOENT)
-            if entry.is_dir or (entry.info and self.meta.get(entry.info.key, entry.info.etag)):
+            known = None if entry.info is None else self.meta.get(entry.info.key, entry.info.etag)
+            link_id = link_of(known)
+            if link_id is not None and self.links.cached(link_id) is None:
+                assert entry.info is not None
+                return await self.links.resolve(path, entry.info, link_id, cached.expires)
+            if entry.is_dir or known:
                 return self._entry_node(path, entry, cached.expires)
         file_info: ObjectInfo | None = None
         content: bytes | None = None  # the whole body, when the peek got all of it
@@ -526,6 +550,9 @@ class Filesystem:
             raise FSError(errno.ENOENT)
         meta = file_info.metadata or {}
         self._remember_meta(file_info, meta)
+        link_id = link_of(meta)
+        if link_id is not None:
+            return await self.links.resolve(path, file_info, link_id, self._expiry())
         node = self.inodes.upsert(
             path, self._file_attrs(file_info, meta), file_info.etag, self._expiry()
         )
@@ -581,6 +608,8 @@ class Filesystem:
             check_new_name(name)
             assert parent.path is not None
             path = child_path(parent.path, name)
+            if is_reserved(path):
+                raise FSError(errno.ENOENT)  # the mount's own objects: not a name in it
             node_or_none = self.inodes.by_path(path)
             if node_or_none is not None and (
                 node_or_none.expires > self._now() or path_is_open(self, node_or_none)
@@ -599,9 +628,12 @@ class Filesystem:
 
     async def getattr(self, ino: int) -> Node:
         node = self.inodes.get(ino)
-        if node.path is None or node.ino == ROOT_INODE or path_is_open(self, node):
+        if not node.alive or node.ino == ROOT_INODE or path_is_open(self, node):
             return node
         if node.expires <= self._now():
+            if node.link is not None:
+                return await self.links.refresh(node)
+            assert node.path is not None
             try:
                 return await self._resolve(node.path)
             except FSError as exc:
@@ -626,7 +658,7 @@ class Filesystem:
         """Change attributes; ``caller`` is the uid asking (None: trusted, e.g. tests)."""
         self._check_writable()
         node = self.inodes.get(ino)
-        if node.path is None:
+        if not node.alive:
             raise FSError(errno.ENOENT)
         attrs = dataclasses.replace(node.attrs)
         if uid is not None or gid is not None:
@@ -669,7 +701,7 @@ class Filesystem:
             return node
         current = self._open.get(node.ino)
         node.attrs = attrs
-        if attrs.is_dir:
+        if attrs.is_dir and node.path is not None:
             # Times set explicitly (rsync -a, tar, touch -d) replace the ones this mount gave
             # the directory when its entries changed; otherwise those, being newer, would win.
             self._dir_times[node.path] = (attrs.mtime_ns, attrs.ctime_ns)
@@ -683,6 +715,9 @@ class Filesystem:
         return node
 
     async def _store_metadata(self, node: Node) -> None:
+        if node.link is not None:
+            await self.links.store(node)
+            return
         assert node.path is not None
         meta = node.attrs.to_metadata()
         if node.attrs.is_dir:
@@ -777,20 +812,19 @@ class Filesystem:
         if not node.attrs.is_link:
             raise FSError(errno.EINVAL)
         if node.target is None:
-            if node.path is None:
+            if not node.alive or node.key is None:
                 raise FSError(errno.ENOENT)
             data = self._peeked_content(node)
             if data is None:
-                data = await self.backend.read(node.path, 0, max(node.attrs.size, 1))
+                data = await self.backend.read(node.key, 0, max(node.attrs.size, 1))
             node.target = data
         return node.target
 
     async def link(self, ino: int, new_parent_ino: int, new_name: str) -> Node:
-        """Hard links are refused (docs/SEMANTICS.md): an object store has no way to give two
-        keys one content, and copies would drift apart. EPERM is what Linux filesystems
-        without hard links answer (vfat, many FUSE filesystems)."""
+        """A hard link: one more name of a file (storagefs/fs/links.py, docs/SEMANTICS.md).
+        EPERM for directories, as on Linux."""
         self._check_writable()
-        raise FSError(errno.EPERM, "hard links are not supported")
+        return await self.links.link(ino, new_parent_ino, new_name)
 
     async def _ensure_absent(self, path: str) -> None:
         existing = self.inodes.by_path(path)
@@ -902,8 +936,8 @@ class Filesystem:
         name = str(staging)
         try:
             if not truncate and ofile.node.attrs.size > 0:
-                assert ofile.node.path is not None
-                info = await self.backend.download(ofile.node.path, name)
+                assert ofile.node.key is not None
+                info = await self.backend.download(ofile.node.key, name)
                 ofile.node.etag = info.etag
         except BaseException:
             self.staging.give(fd, staging)
@@ -950,7 +984,7 @@ class Filesystem:
         writable = accmode in (os.O_WRONLY, os.O_RDWR)
         if writable or flags & os.O_TRUNC:
             self._check_writable()
-        if node.path is None:
+        if not node.alive:
             raise FSError(errno.ENOENT)
         ofile = self._ofile_for(node)
         try:
@@ -992,12 +1026,12 @@ class Filesystem:
         if handle.reader is None:
             node = ofile.node
             assert self._nursery is not None, "Filesystem.attach() was not called"
-            if node.path is None:
+            if not node.alive or node.key is None:
                 raise FSError(errno.ENOENT)
             reader = await ChunkReader.open(
                 self._nursery,
                 self.backend,
-                node.path,
+                node.key,
                 node.attrs.size,
                 self.options.read_chunk_size,
                 self.options.readahead_chunks,
@@ -1034,6 +1068,8 @@ class Filesystem:
         ofile.end_stream("the file was truncated")
         if self._nursery is None or ofile.fd is None or ofile.node.path is None:
             return
+        if ofile.node.link is not None:
+            return  # uploaded whole: its inode object's count must not be lost to a stream
         node = ofile.node
         ofile.stream = PartStream(
             self.backend,
@@ -1074,13 +1110,15 @@ class Filesystem:
     async def _upload(self, ofile: OpenFile) -> None:
         async with ofile.lock:
             node = ofile.node
-            if not ofile.dirty or ofile.unlinked or ofile.staging is None or node.path is None:
+            key = node.key
+            if not ofile.dirty or ofile.unlinked or ofile.staging is None or not node.alive:
                 return
+            assert key is not None
             version = ofile.version
-            meta = node.attrs.to_metadata()
+            meta = node.attrs.to_metadata() if node.link is None else self.links.metadata(node)
             ofile.uploading = True
             try:
-                info = await self._write_whole_or_streamed(ofile, node.path, meta)
+                info = await self._write_whole_or_streamed(ofile, key, meta)
             except BackendError as exc:
                 # The errno the failure means (a full journal is ENOSPC, as promised), and the
                 # file remembers it: its staging file is kept until an upload succeeds.
@@ -1096,7 +1134,11 @@ class Filesystem:
             node.etag = info.etag
             node.expires = self._expiry()
             self._remember_meta(info, meta)
-            self._update_listing_entry(node.path, info)
+            if node.link is None:
+                assert node.path is not None
+                self._update_listing_entry(node.path, info)
+            else:
+                self.links.uploaded(node, info, meta)
 
     async def flush(self, fh: int) -> None:
         await self._upload(self._handle(fh).ofile)
@@ -1131,18 +1173,22 @@ class Filesystem:
         if node.attrs.is_dir:
             raise FSError(errno.EISDIR)
         path = child_path(parent.path, name)
-        await self._keep_open_content(node)
+        if node.link is None:
+            await self._keep_open_content(node)
         if not await forget_unstored(self.backend, path):
             await self.backend.delete(path)
         self._memo(path, None, None)
+        self.dirs.remove(parent.path, name)
+        self.inodes.detach(path)
+        self._touch_dir(parent.path)
+        if node.link is not None:
+            await self.links.name_removed(node)  # the pointer is gone: one name less
+            return
         ofile = self._open.get(node.ino)
         if ofile is not None:
             ofile.unlinked = True  # open handles keep working, nothing is uploaded again
             ofile.end_stream("the file was unlinked")
             self._discard_kept(ofile)
-        self.dirs.remove(parent.path, name)
-        self.inodes.detach(path)
-        self._touch_dir(parent.path)
 
     async def _keep_open_content(self, node: Node) -> None:
         """A file about to lose its name while open keeps its data, as on a local disk
@@ -1198,6 +1244,10 @@ class Filesystem:
             if exc.errno != errno.ENOENT:
                 raise
             target = None
+        if target is node:
+            # Two names of one hard-linked file: rename(2) does nothing, successfully.
+            await trio.lowlevel.checkpoint()
+            return
         if target is not None:
             if flags & RENAME_NOREPLACE:
                 raise FSError(errno.EEXIST)
@@ -1208,18 +1258,24 @@ class Filesystem:
             if target.attrs.is_dir and await self._children(dst):
                 raise FSError(errno.ENOTEMPTY)
         node.attrs.ctime_ns = time.time_ns()  # rename changes the moved entry's ctime
-        if target is not None and not target.attrs.is_dir:
+        if target is not None and not target.attrs.is_dir and target.link is None:
             await self._keep_open_content(target)
+        entry_info: ObjectInfo | None = None
         if node.attrs.is_dir:
             await self._rename_tree(src, dst, node)  # an empty target's marker is replaced
+        elif node.link is not None:
+            entry_info = await self.links.rename_pointer(src, dst, node)
         else:
             await self._rename_file(src, dst, node)
+            entry_info = ObjectInfo(dst, node.attrs.size, time.time(), node.etag)
         if target is not None:
             tofile = self._open.get(target.ino)
-            if tofile is not None:
+            if tofile is not None and target.link is None:
                 tofile.unlinked = True
                 self._discard_kept(tofile)
             self.inodes.detach(dst)
+            if target.link is not None:
+                await self.links.name_removed(target)  # its pointer was replaced
         self.inodes.move(src, dst, tree=node.attrs.is_dir)
         self._move_dir_times(src, dst, node)
         self._touch_dir(old_parent.path)
@@ -1227,16 +1283,7 @@ class Filesystem:
         self.dirs.remove(old_parent.path, old_name)
         self.dirs.drop_tree(src)
         self.dirs.drop_tree(dst)
-        self.dirs.add(
-            new_parent.path,
-            Entry(
-                new_name,
-                node.attrs.is_dir,
-                None
-                if node.attrs.is_dir
-                else ObjectInfo(dst, node.attrs.size, time.time(), node.etag),
-            ),
-        )
+        self.dirs.add(new_parent.path, Entry(new_name, node.attrs.is_dir, entry_info))
         node.expires = 0.0  # re-read attributes (and etag) at the new name
 
     def _move_dir_times(self, src: str, dst: str, node: Node) -> None:

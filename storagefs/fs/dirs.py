@@ -12,6 +12,7 @@ import logging
 from storagefs.backends.base import Backend, ObjectInfo
 from storagefs.fs.names import (
     HEALTH_NAME,
+    RESERVED_NAME,
     dir_prefix,
     encode_name,
     report_bad_key,
@@ -84,7 +85,8 @@ def _acceptable(path: str, name: str, key: str) -> bool:
         # objects under it are left out here so that listings never show them either.
         report_bad_key(key)
         return False
-    return True
+    # The root's .storagefs holds the mount's own objects (hard links' inode objects).
+    return not (path == "" and name == RESERVED_NAME)
 
 
 class DirCache:

@@ -162,6 +162,8 @@ class HealthRouter:
     async def link(self, ino: int, new_parent_ino: int, new_name: str) -> Node:
         if self._owned(ino, new_parent_ino):
             raise _read_only()
+        if self._is_root_name(new_parent_ino, new_name):
+            self._refuse_name(errno.EEXIST)
         return await self.core.link(ino, new_parent_ino, new_name)
 
     async def rmdir(self, parent_ino: int, name: str) -> None:

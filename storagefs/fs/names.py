@@ -12,6 +12,10 @@ log = logging.getLogger("storagefs.names")
 
 # The mount root's virtual directory; never read from or written to a backend.
 HEALTH_NAME = ".health"
+# The root's directory of the mount's own objects (the inode objects of hard-linked files,
+# storagefs/fs/links.py): left out of listings, absent to lookups, never made by users.
+RESERVED_NAME = ".storagefs"
+LINKS_PREFIX = RESERVED_NAME + "/links/"
 
 _reported: set[str] = set()
 
@@ -54,6 +58,16 @@ def child_path(parent: str, name: str) -> str:
 def parent_and_name(path: str) -> tuple[str, str]:
     head, _, tail = path.rpartition("/")
     return head, tail
+
+
+def inode_key(link_id: str) -> str:
+    """The key of the inode object of a hard-linked file (storagefs/fs/links.py)."""
+    return LINKS_PREFIX + link_id
+
+
+def is_reserved(path: str) -> bool:
+    """``path`` (or key) is the mount's own, below the root's ``.storagefs``."""
+    return path == RESERVED_NAME or path.startswith(RESERVED_NAME + "/")
 
 
 def dir_prefix(path: str) -> str:

@@ -1,6 +1,7 @@
 """A reference model: random operation sequences — including changes made behind the mount's
 back — run against the core and against a plain dict, and the two must agree after every
-step (the approach of mountpoint-s3's reftests)."""
+step (the approach of mountpoint-s3's reftests). Hard links are sets of names that share one
+content and one inode number."""
 
 from __future__ import annotations
 
@@ -37,6 +38,21 @@ class FsModel(RuleBasedStateMachine):
         )
         self.files: dict[str, bytes] = {}
         self.dirs: set[str] = {""}
+        self.links: list[set[str]] = []  # names of one hard-linked file, each set
+
+    def linked(self, path: str) -> set[str]:
+        """Every name of the file ``path`` names (itself if it has no other)."""
+        return next((group for group in self.links if path in group), {path})
+
+    def drop_name(self, path: str) -> None:
+        """``path`` no longer names the hard-linked file it named."""
+        for group in self.links:
+            group.discard(path)
+        self.links = [group for group in self.links if group]
+
+    def set_content(self, path: str, data: bytes) -> None:
+        for name in self.linked(path):
+            self.files[name] = data
 
     def teardown(self) -> None:
         self.fs.close()
@@ -90,14 +106,20 @@ class FsModel(RuleBasedStateMachine):
         path = f"{parent}/{name}" if parent else name
         if path in self.dirs:
             return
+        hard_linked = len(self.linked(path)) > 1
         async def go() -> None:
             pino = await self.ino(parent)
-            fh, _ = await self.fs.create(pino, name, 0o644, os.O_WRONLY | os.O_TRUNC, 0, 0)
+            if hard_linked:  # the kernel opens an existing name, O_TRUNC, and writes
+                fh, _ = await self.fs.open(await self.ino(path), os.O_WRONLY | os.O_TRUNC)
+            else:
+                fh, _ = await self.fs.create(pino, name, 0o644, os.O_WRONLY | os.O_TRUNC, 0, 0)
             await self.fs.write(fh, 0, data)
             await self.fs.flush(fh)
             await self.fs.release(fh)
         self.run(go)
-        self.files[path] = data
+        if not hard_linked:
+            self.drop_name(path)
+        self.set_content(path, data)
 
     @rule(d=st.data(), offset=st.integers(0, 400), data=DATA)
     def write_at(self, d: st.DataObject, offset: int, data: bytes) -> None:
@@ -113,7 +135,7 @@ class FsModel(RuleBasedStateMachine):
         old = self.files[path]
         if data:
             old = old.ljust(offset, b"\0")
-            self.files[path] = old[:offset] + data + old[offset + len(data):]
+            self.set_content(path, old[:offset] + data + old[offset + len(data):])
 
     @rule(d=st.data(), size=st.integers(0, 500))
     def truncate(self, d: st.DataObject, size: int) -> None:
@@ -123,7 +145,7 @@ class FsModel(RuleBasedStateMachine):
         async def go() -> None:
             await self.fs.setattr(await self.ino(path), size=size)
         self.run(go)
-        self.files[path] = self.files[path][:size].ljust(size, b"\0")
+        self.set_content(path, self.files[path][:size].ljust(size, b"\0"))
 
     @rule(d=st.data())
     def unlink(self, d: st.DataObject) -> None:
@@ -134,6 +156,26 @@ class FsModel(RuleBasedStateMachine):
             await self.fs.unlink(await self.ino(self.parent_of(path)), path.rpartition("/")[2])
         self.run(go)
         del self.files[path]
+        self.drop_name(path)
+
+    @rule(d=st.data(), name=NAMES)
+    def link(self, d: st.DataObject, name: str) -> None:
+        if not self.files:
+            return
+        src = d.draw(st.sampled_from(sorted(self.files)))
+        parent = d.draw(st.sampled_from(sorted(self.dirs)))
+        dst = f"{parent}/{name}" if parent else name
+        async def go() -> None:
+            await self.fs.link(await self.ino(src), await self.ino(parent), name)
+        if self.exists(dst):
+            self.expect_errno(errno.EEXIST, go)
+            return
+        self.run(go)
+        self.files[dst] = self.files[src]
+        group = self.linked(src)
+        if group not in self.links:
+            self.links.append(group)
+        group.add(dst)
 
     @rule(d=st.data(), name=NAMES)
     def mkdir(self, d: st.DataObject, name: str) -> None:
@@ -174,6 +216,9 @@ class FsModel(RuleBasedStateMachine):
             )
         if src == dst:
             return
+        if src in self.files and dst in self.linked(src):
+            self.run(go)  # two names of one file: rename(2) does nothing
+            return
         if src in self.dirs and (dst + "/").startswith(src + "/"):
             self.expect_errno(errno.EINVAL, go)
             return
@@ -188,7 +233,12 @@ class FsModel(RuleBasedStateMachine):
             return
         self.run(go)
         if src in self.files:
+            self.drop_name(dst)
             self.files[dst] = self.files.pop(src)
+            for group in self.links:
+                if src in group:
+                    group.discard(src)
+                    group.add(dst)
         else:
             self.dirs.discard(dst)
             for p in sorted(self.dirs):
@@ -198,6 +248,10 @@ class FsModel(RuleBasedStateMachine):
             for p in list(self.files):
                 if p.startswith(src + "/"):
                     self.files[dst + p[len(src):]] = self.files.pop(p)
+            for group in self.links:
+                for p in [p for p in group if p.startswith(src + "/")]:
+                    group.discard(p)
+                    group.add(dst + p[len(src):])
 
     @rule(d=st.data(), name=NAMES, data=DATA)
     def behind_back_put(self, d: st.DataObject, name: str, data: bytes) -> None:
@@ -207,6 +261,7 @@ class FsModel(RuleBasedStateMachine):
             return
         self.backend.objects[path] = (data, {}, 0.0)
         self.files[path] = data
+        self.drop_name(path)  # a plain object now, whatever it was
 
     @rule(d=st.data())
     def behind_back_delete(self, d: st.DataObject) -> None:
@@ -215,11 +270,14 @@ class FsModel(RuleBasedStateMachine):
         path = d.draw(st.sampled_from(sorted(self.files)))
         del self.backend.objects[path]
         del self.files[path]
+        self.drop_name(path)
 
     # --- the comparison ---------------------------------------------------------------
 
     @invariant()
     def same_tree(self) -> None:
+        nodes: dict[str, tuple[int, int]] = {}  # (ino, nlink) by name
+
         async def walk() -> tuple[dict[str, bytes], set[str]]:
             files: dict[str, bytes] = {}
             dirs: set[str] = {""}
@@ -238,12 +296,21 @@ class FsModel(RuleBasedStateMachine):
                         files[child] = await self.fs.read(fh, 0, 10_000)
                         await self.fs.release(fh)
                         assert node.attrs.size == len(files[child]), child
+                        nodes[child] = (node.ino, node.nlink)
                 self.fs.releasedir(dh)
             return files, dirs
 
         files, dirs = self.run(walk)
         assert dirs == self.dirs
         assert files == self.files
+        for group in self.links:
+            # One inode; its count may be higher than the names the model knows when one
+            # was replaced or deleted behind the mount's back.
+            assert len({nodes[name][0] for name in group}) == 1, group
+            assert all(nodes[name][1] >= len(group) for name in group), (group, nodes)
+        linked = set().union(*self.links) if self.links else set()
+        for name, (_, nlink) in nodes.items():
+            assert name in linked or nlink == 1, (name, nlink)
 
 
 FsModel.TestCase.settings = settings(

@@ -88,13 +88,6 @@ async def test_special_files_carry_type_and_rdev(
     assert exc.value.errno == errno.EINVAL
 
 
-async def test_hard_links_are_refused_with_eperm(fs: Filesystem) -> None:
-    ino = await write_file(fs, "f", b"x")
-    with pytest.raises(FSError) as exc:
-        await fs.link(ino, ROOT_INODE, "g")
-    assert exc.value.errno == errno.EPERM
-
-
 async def test_truncate_beyond_the_largest_object_is_efbig(fs: Filesystem) -> None:
     ino = await write_file(fs, "f", b"x")
     with pytest.raises(FSError) as exc:

@@ -188,3 +188,24 @@ async def test_a_renamed_file_streams_nothing_under_its_old_name(
     assert ("start_upload", "old") not in backend.calls
     assert set(backend.objects) == {"new"}
     assert backend.objects["new"][0] == data
+
+
+async def test_a_file_hard_linked_while_it_streams_ends_up_whole_in_its_inode_object(
+    streaming: tuple[Filesystem, StreamingMemory],
+) -> None:
+    """link() ends the stream (its parts would go under the old key): what was written is
+    uploaded, copied to the inode object, and the rest is uploaded whole there at close."""
+    fs, backend = streaming
+    data = os.urandom(3 * PART)
+    fh, node = await fs.create(ROOT_INODE, "big", 0o644, os.O_WRONLY, 0, 0)
+    await write_sequentially(fs, fh, data[: 2 * PART])
+    await until(lambda: ops(backend).count("upload_part") == 2)
+    await fs.link(node.ino, ROOT_INODE, "other")
+    await fs.write(fh, 2 * PART, data[2 * PART :])
+    await fs.release(fh)
+    [key] = [k for k in backend.objects if k.startswith(".storagefs/links/")]
+    assert backend.objects[key][0] == data
+    assert backend.objects[key][1]["storagefs-nlink"] == "2"
+    link_id = key.rsplit("/", 1)[1]
+    assert backend.objects["big"][1] == backend.objects["other"][1] == {"storagefs-link": link_id}
+    assert await read_file(fs, "big") == await read_file(fs, "other") == data

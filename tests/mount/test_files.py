@@ -81,7 +81,8 @@ SHELL_ERRORS = [
     ("mv -T f d/e", "mv: cannot overwrite directory 'd/e' with non-directory"),
     ("touch " + "n" * 256, "File name too long"),
     ("mkdir " + "n" * 300, "File name too long"),
-    ("ln f hard", "ln: failed to create hard link 'hard' => 'f': Operation not permitted"),
+    ("ln f d/e/y", "ln: failed to create hard link 'd/e/y': File exists"),
+    ("ln d hard", "ln: d: hard link not allowed for directory"),
 ]
 
 

@@ -217,7 +217,6 @@ def test_file_types_stored_as_s3fs_does_and_survive_a_remount(
     os.chmod(p / "dir/fifo2", 0o600)
     os.lchown(p / "abs", USER, USER)
     os.unlink(p / "sock")
-    assert outcome(os.link, p / "dir/file", p / "hard") == "EPERM"  # no hard links
     assert os.stat(p / "dir/file").st_nlink == 1
     m.unmount()
 
@@ -549,6 +548,110 @@ def test_errno_table_and_open_flags(posix_mount: Callable[..., Mount]) -> None:
     ]:
         assert outcome(call) == "EROFS", name
     assert (r / "f").read_bytes() == b"x\0\0\0Q"
+
+
+@BACKENDS
+def test_hard_links_behave_as_on_ext4(posix_mount: Callable[..., Mount], store: Store) -> None:
+    """link(2), and what unlink(2), rename(2), chmod(2), truncate(2) and write(2) do to a file
+    with several names: one inode, st_nlink counts the names, ctime changes with it."""
+    m = posix_mount()
+    p = m.path
+    os.mkdir(p / "d")
+    (p / "f").write_bytes(b"first")
+    before = os.stat(p / "f")
+    d_before = os.stat(p / "d")
+    os.link(p / "f", p / "d/g")
+    f, g, d = os.stat(p / "f"), os.stat(p / "d/g"), os.stat(p / "d")
+    assert f.st_ino == g.st_ino == before.st_ino
+    assert f.st_nlink == g.st_nlink == 2 and g.st_size == 5
+    assert f.st_ctime_ns > before.st_ctime_ns and f.st_mtime_ns == before.st_mtime_ns
+    assert d.st_mtime_ns > d_before.st_mtime_ns and d.st_ctime_ns > d_before.st_ctime_ns
+    assert (p / "d/g").read_bytes() == b"first"
+    # Changes through one name show through the other.
+    with open(p / "d/g", "r+b") as out:
+        out.write(b"FIRST and more")
+    assert (p / "f").read_bytes() == b"FIRST and more"
+    os.chmod(p / "f", 0o600)
+    os.chown(p / "f", USER, USER)
+    g = os.stat(p / "d/g")
+    assert stat.S_IMODE(g.st_mode) == 0o600 and (g.st_uid, g.st_gid) == (USER, USER)
+    os.truncate(p / "d/g", 5)
+    assert (p / "f").read_bytes() == b"FIRST"
+    assert as_user(m, "print(open('f').read(), os.stat('d/g').st_nlink)") == ["FIRST", "2"]
+    # Errors as on ext4; the hidden inode objects are nobody's business.
+    assert outcome(os.link, p / "d", p / "d2") == "EPERM"
+    assert outcome(os.link, p / "f", p / "d/g") == "EEXIST"
+    assert outcome(os.mkdir, p / ".storagefs") == "EPERM"
+    assert sorted(x.name for x in p.iterdir()) == ["d", "f"]
+    # rename onto another name of the same file does nothing; a rename moves one name.
+    os.rename(p / "f", p / "d/g")
+    assert os.stat(p / "f").st_nlink == os.stat(p / "d/g").st_nlink == 2
+    ctime = os.stat(p / "f").st_ctime_ns
+    os.rename(p / "d/g", p / "g")
+    assert os.stat(p / "g").st_ino == f.st_ino and os.stat(p / "f").st_ctime_ns > ctime
+    # A third name, then unlink: the others stay, the count and ctime follow.
+    os.link(p / "g", p / "h")
+    assert os.stat(p / "f").st_nlink == 3
+    ctime = os.stat(p / "f").st_ctime_ns
+    os.unlink(p / "g")
+    assert os.stat(p / "f").st_nlink == os.stat(p / "h").st_nlink == 2
+    assert os.stat(p / "f").st_ctime_ns > ctime
+    assert (p / "h").read_bytes() == b"FIRST"
+    m.unmount()
+
+    m2 = posix_mount(cache="cache2")  # knows nothing but the store
+    q = m2.path
+    f2, h2 = os.stat(q / "f"), os.stat(q / "h")
+    assert f2.st_ino == h2.st_ino and f2.st_nlink == 2 and f2.st_size == 5
+    assert stat.S_IMODE(h2.st_mode) == 0o600 and h2.st_uid == USER
+    assert ok(f"ls -l {q}").count(" 2 4242 4242 5 ") == 2
+    fd = os.open(q / "h", os.O_RDONLY)
+    try:
+        os.unlink(q / "f")
+        os.unlink(q / "h")  # the last name: the file lives while it is open
+        assert os.fstat(fd).st_nlink == 0
+        assert os.read(fd, 100) == b"FIRST"
+    finally:
+        os.close(fd)
+    assert [x.name for x in q.iterdir()] == ["d"]
+    m2.unmount()
+    leftover = [k for k in store.list_keys() if not k.startswith("d")]
+    if isinstance(store, LocalStore):  # its list_keys leaves .storagefs* out
+        links = store.root / ".storagefs/links"
+        leftover += [str(x) for x in links.iterdir()] if links.exists() else []
+    assert leftover == []  # the last unlink took the inode object
+
+
+@BACKENDS
+def test_hard_linked_trees_through_tar_rsync_and_cp(
+    posix_mount: Callable[..., Mount], tmp_path: Path
+) -> None:
+    """tar x, rsync -H and cp -al keep hard-linked members one file; rm -rf of a copy leaves
+    the count of the others right; rsync -H back out finds them linked."""
+    m = posix_mount()
+    p = m.path
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "a").write_bytes(b"aaa")
+    os.link(src / "a", src / "b")
+    os.link(src / "a", src / "sub/c")
+
+    def one_file(root: Path, nlink: int) -> None:
+        found = [os.stat(root / n) for n in ("a", "b", "sub/c")]
+        assert len({s.st_ino for s in found}) == 1 and found[0].st_nlink == nlink
+        assert (root / "sub/c").read_bytes() == b"aaa"
+
+    ok(f"tar -C {tmp_path} -cf {tmp_path}/t.tar src && tar -C {p} -xf {tmp_path}/t.tar")
+    one_file(p / "src", 3)
+    ok(f"rsync -aH {src}/ {p}/rs/")
+    one_file(p / "rs", 3)
+    ok(f"cp -al {p}/rs {p}/cpal")
+    one_file(p / "cpal", 6)
+    assert ok(f"cd {p} && find rs -links 6 | sort").split() == ["rs/a", "rs/b", "rs/sub/c"]
+    ok(f"rm -rf {p}/cpal")
+    one_file(p / "rs", 3)
+    ok(f"rsync -aH {p}/rs/ {tmp_path}/back/")
+    one_file(tmp_path / "back", 3)
 
 
 # --- real trees through rsync, tar and cp ----------------------------------------------
