@@ -12,7 +12,6 @@ from __future__ import annotations
 import errno
 import functools
 import logging
-import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, ParamSpec, TypeVar
 
@@ -58,12 +57,10 @@ class StorageOperations(pyfuse3.Operations):
     def __init__(
         self,
         fs: HealthRouter,
-        timeout: float,
         on_unexpected: Callable[[BaseException], None] = lambda exc: None,
     ) -> None:
         super().__init__()
         self.fs = fs
-        self.timeout = timeout
         self._dir_inodes: dict[int, int] = {}  # directory handle -> its inode (for ".")
         self.on_unexpected = on_unexpected  # telemetry: unexpected errors are noticed
 
@@ -72,10 +69,7 @@ class StorageOperations(pyfuse3.Operations):
         e = pyfuse3.EntryAttributes()
         e.st_ino = node.ino
         e.generation = 0
-        # The kernel may trust the entry as long as the daemon does (Node.expires is on
-        # time.monotonic()), never longer: an entry from a listing near its end must not be
-        # cached for a whole TTL more.
-        ttl = min(self.timeout, max(0.0, node.expires - time.monotonic()))
+        ttl = self.fs.trusted_for(node)  # as long as the daemon trusts it, never longer
         e.entry_timeout = ttl
         e.attr_timeout = ttl
         e.st_mode = a.mode
@@ -95,7 +89,20 @@ class StorageOperations(pyfuse3.Operations):
     async def lookup(
         self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        return self._entry(await self.fs.lookup(parent_inode, decode_name(name)))
+        try:
+            node = await self.fs.lookup(parent_inode, decode_name(name))
+        except FSError as exc:
+            absent = self.fs.absent_for(parent_inode) if exc.errno == errno.ENOENT else 0.0
+            if absent <= 0:
+                raise
+            # A negative entry: the kernel answers ENOENT for the name itself for that long
+            # (rsync's rename target, a shell's PATH search, make's and git's probes), and
+            # forgets it as soon as this mount creates the name.
+            e = pyfuse3.EntryAttributes()
+            e.st_ino = 0
+            e.entry_timeout = absent
+            return e
+        return self._entry(node)
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for ino, count in inode_list:

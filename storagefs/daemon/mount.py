@@ -112,9 +112,7 @@ async def serve(
     if syncer is not None:
         stack.health.sync = syncer.snapshot
     routed = HealthRouter(fs, stack.health.files)
-    ops = StorageOperations(
-        routed, settings.metadata_ttl, on_unexpected=stack.telemetry.notice_error
-    )
+    ops = StorageOperations(routed, on_unexpected=stack.telemetry.notice_error)
     options = fuse_options(extra_options, read_only, settings.default_permissions)
     pyfuse3.init(ops, str(mountpoint), options)
     log.info("mounted %s on %s", chain.describe(), mountpoint)

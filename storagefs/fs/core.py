@@ -305,6 +305,25 @@ class Filesystem:
     def _expiry(self) -> float:
         return self._now() + self.options.metadata_ttl
 
+    def trusted_for(self, node: Node) -> float:
+        """Seconds the kernel may keep ``node``'s entry and attributes: as long as this mount
+        trusts them, never longer (an entry from a listing near its end must not be cached
+        for a whole TTL more)."""
+        return min(self.options.metadata_ttl, max(0.0, node.expires - self._now()))
+
+    def absent_for(self, parent_ino: int) -> float:
+        """Seconds the kernel may remember that a name it looked up is not in directory
+        ``parent_ino``: as long as the cached listing that said so is trusted; 0 when no
+        listing is (the store was asked, and nothing bounds that answer but a new question)."""
+        try:
+            parent = self.inodes.get(parent_ino)
+        except FSError:
+            return 0.0
+        listing = None if parent.path is None else self.dirs.get(parent.path, self._now())
+        if listing is None:
+            return 0.0
+        return min(self.options.metadata_ttl, listing.expires - self._now())
+
     def _check_room(self, key: str) -> None:
         """A new name whose key the stores cannot hold is ENAMETOOLONG now, not EIO at close
         (S3 and Azure take keys of at most 1,024 bytes, the URL's prefix included)."""

@@ -76,6 +76,14 @@ class HealthRouter:
             return self.health.root()
         return await self.core.lookup(parent_ino, name)
 
+    def trusted_for(self, node: Node) -> float:
+        return self.core.trusted_for(node)  # health nodes expire on the same clock
+
+    def absent_for(self, parent_ino: int) -> float:
+        if self._owned(parent_ino):
+            return 0.0  # its names come and go with the chain's state
+        return self.core.absent_for(parent_ino)
+
     def forget(self, ino: int, count: int) -> None:
         if not self._owned(ino):  # health nodes are made fresh per request: nothing to drop
             self.core.forget(ino, count)

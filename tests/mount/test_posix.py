@@ -438,6 +438,34 @@ def test_inode_numbers_and_rename_rules(posix_mount: Callable[..., Mount]) -> No
 
 
 @BACKENDS
+def test_a_name_found_missing_can_be_made_at_once(posix_mount: Callable[..., Mount]) -> None:
+    # While a directory's listing is trusted the kernel remembers the names it found missing
+    # (negative entries); every way of making such a name through the mount must show it.
+    m = posix_mount()
+    d = m.path / "d"
+    os.mkdir(d)
+    (d / "src").write_text("moved")
+    (d / "linked").write_text("linked")
+    assert sorted(p.name for p in d.iterdir()) == ["linked", "src"]  # the listing is cached
+    makers: dict[str, Callable[[Path], None]] = {
+        "create": lambda t: t.write_text("x"),
+        "mkdir": os.mkdir,
+        "symlink": lambda t: os.symlink("src", t),
+        "mkfifo": os.mkfifo,
+        "rename": lambda t: os.rename(d / "src", t),
+        "link": lambda t: os.link(d / "linked", t),
+    }
+    for kind, make in makers.items():
+        target = d / f"new-{kind}"
+        assert outcome(os.lstat, target) == "ENOENT"
+        assert outcome(os.lstat, target) == "ENOENT"  # asked again: still missing
+        make(target)
+        assert outcome(os.lstat, target) == "ok", kind
+    assert (d / "new-rename").read_text() == "moved"
+    assert sorted(p.name for p in d.iterdir()) == sorted(["linked", *(f"new-{k}" for k in makers)])
+
+
+@BACKENDS
 def test_an_unlinked_or_replaced_open_file_lives_until_closed(
     store: Store, posix_mount: Callable[..., Mount]
 ) -> None:

@@ -67,6 +67,9 @@ def test_changes_in_the_bucket_show_after_the_ttl(store: Store, mount: MountFact
     m = mount(store, env={"STORAGEFS_METADATA_TTL": str(TTL)})
     assert m.ok("ls") == "old.txt\n"
     assert m.ok("cat old.txt") == "old\n"
+    # Looked up while missing: the kernel may remember that (a negative entry), but only as
+    # long as the listing that said so is trusted.
+    assert "No such file or directory" in m.sh("cat new.txt").stderr
 
     store.put("new.txt", b"new\n")
     store.put("sub/deep.txt", b"deep\n")
