@@ -327,6 +327,23 @@ async def test_make_durable_fsyncs_what_was_committed_without_fsync(
     await journal.close()
 
 
+async def test_commits_without_fsync_leave_the_checkpoint_to_a_worker_thread(
+    tmp_path: Path,
+) -> None:
+    # They run on the trio thread: a checkpoint there (copying the WAL into the database file
+    # and fsyncing both) would stall every request for its duration.
+    directory = tmp_path / "j"
+    journal = await opened(directory)
+    db = directory / "journal.db"
+    before = db.stat().st_size
+    for i in range(600):  # ~1,200 WAL pages: past SQLite's auto-checkpoint of 1,000
+        await journal.append_put_bytes(f"held{i}", payload(4096, i), META, durable=False)
+    assert db.stat().st_size == before  # nothing checkpointed yet
+    await journal.append_put_bytes("durable", b"x", META)  # a commit in a worker thread
+    assert db.stat().st_size > before  # ...which checkpoints
+    await journal.close()
+
+
 async def test_corrupt_content_is_quarantined(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

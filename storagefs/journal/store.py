@@ -71,6 +71,7 @@ log = logging.getLogger("storagefs.journal")
 
 INLINE_MAX = 64 * 1024  # measured: inline 4 KiB PUT ~0.5 ms vs ~1.3 ms with a content file
 _CHUNK = 1024 * 1024
+_WAL_AUTOCHECKPOINT = 1000  # pages: SQLite's default, restored after a commit without it
 _GARBAGE_BARRIER = 256  # finished content files waiting before a fsync barrier frees them
 # Inline contents of pending entries also kept in memory up to this many bytes, so replaying
 # and serving small writes costs no SQLite round trip.
@@ -389,14 +390,19 @@ class Journal:
     @staticmethod
     @contextlib.contextmanager
     def _synchronous(db: sqlite3.Connection, durable: bool) -> Iterator[None]:
-        """Commit without an fsync of the WAL unless ``durable`` (FULL is the default)."""
+        """Commit without an fsync of the WAL unless ``durable`` (FULL is the default). Such a
+        commit runs on the trio thread (:meth:`_run_commit`), so it must not be the one that
+        checkpoints the WAL (writes and fsyncs the database file): the next commit in a worker
+        thread does that."""
         if durable:
             yield
             return
         db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA wal_autocheckpoint=0")
         try:
             yield
         finally:
+            db.execute(f"PRAGMA wal_autocheckpoint={_WAL_AUTOCHECKPOINT}")
             db.execute("PRAGMA synchronous=FULL")
 
     @staticmethod
