@@ -98,21 +98,24 @@ class _Reply(Generic[T]):
 class _PrimaryUpload:
     """A streaming upload to the primary that tells the chain whether the primary answered.
 
-    Each call gets the write deadline, like a direct write: a primary too slow for it fails
-    the stream, and the writer falls back to writing the file (to the journal if need be), so
-    a hung primary costs a close() about what it costs without streaming."""
+    Each call gets the wait of a direct write of as many bytes (``_write_wait``: the write
+    deadline plus 1 s per MiB): a primary too slow for it fails the stream, and the writer
+    falls back to writing the file (to the journal if need be), so a hung primary costs a
+    close() about what it costs without streaming. The completion counts the whole object:
+    the store assembles it then (s3rver took over 3 s for 1 GiB; S3 can take minutes)."""
 
     def __init__(self, chain: FallbackChain, key: str, inner: Upload) -> None:
         self._chain = chain
         self._key = key
         self._inner = inner
         self._failed: BackendError | None = None  # once one call failed, the rest fail fast
+        self._sent = 0  # bytes in the parts put so far
 
-    async def _call(self, call: Callable[[], Awaitable[T]]) -> T:
+    async def _call(self, call: Callable[[], Awaitable[T]], size: int) -> T:
         if self._failed is not None:
             await trio.lowlevel.checkpoint()
             raise TransientError(f"{self._key!r}: an earlier part failed: {self._failed}")
-        deadline = self._chain.settings.write_deadline
+        deadline = self._chain._write_wait(size)
         try:
             with trio.fail_after(deadline):
                 return await self._chain._ask(self._chain.primary, call)
@@ -123,10 +126,11 @@ class _PrimaryUpload:
         raise self._failed
 
     async def put_part(self, number: int, data: bytes) -> None:
-        await self._call(lambda: self._inner.put_part(number, data))
+        await self._call(lambda: self._inner.put_part(number, data), len(data))
+        self._sent += len(data)
 
     async def complete(self) -> ObjectInfo:
-        info = await self._call(self._inner.complete)
+        info = await self._call(self._inner.complete, self._sent)
         # A cached copy of an older version must not be served during a later outage.
         await self._chain._cache_soon(lambda: self._chain.cache.discard(self._key))
         return info

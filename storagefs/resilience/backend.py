@@ -226,14 +226,20 @@ class _ResilientUpload:
         self._owner = owner
         self._key = key
         self._inner = inner
+        self._sent = 0  # bytes in the parts put so far
 
     async def put_part(self, number: int, data: bytes) -> None:
         await self._owner._call(
             "upload_part", self._key, lambda: self._inner.put_part(number, data), size=len(data)
         )
+        self._sent += len(data)
 
     async def complete(self) -> ObjectInfo:
-        return await self._owner._call("complete_upload", self._key, self._inner.complete)
+        # The store assembles the object now, which takes longer the bigger it is (S3 keeps
+        # the connection alive meanwhile): allowed time as for moving that many bytes.
+        return await self._owner._call(
+            "complete_upload", self._key, self._inner.complete, size=self._sent
+        )
 
     async def abort(self) -> None:
         await self._owner._call("abort_upload", self._key, self._inner.abort, attempts=1)

@@ -16,6 +16,7 @@ from storagefs.fs.core import Filesystem
 from storagefs.fs.inodes import ROOT_INODE
 from tests.core.conftest import make_fs, read_file
 from tests.fakes import MemoryBackend
+from tests.test_chain import running
 
 PART = 64 * 1024
 
@@ -209,3 +210,36 @@ async def test_a_file_hard_linked_while_it_streams_ends_up_whole_in_its_inode_ob
     link_id = key.rsplit("/", 1)[1]
     assert backend.objects["big"][1] == backend.objects["other"][1] == {"storagefs-link": link_id}
     assert await read_file(fs, "big") == await read_file(fs, "other") == data
+
+
+class SlowToAssemble(StreamingMemory):
+    """Completing takes a while, as it does on S3 (and s3rver) for a big object."""
+
+    async def start_upload(self, key: str, metadata: Mapping[str, str]) -> _Upload:
+        upload = await super().start_upload(key, metadata)
+        complete = upload.complete
+
+        async def slow_complete() -> ObjectInfo:
+            await trio.sleep(0.6)
+            return await complete()
+
+        upload.complete = slow_complete  # type: ignore[method-assign]
+        return upload
+
+
+async def test_a_streamed_upload_has_the_time_its_size_needs_to_complete(
+    tmp_path: Path,
+) -> None:
+    # Through the chain, whose streaming calls are bounded like a direct write of as many
+    # bytes (the write deadline plus 1 s per MiB): completing 2 MiB gets ~2.3 s, not 0.3 s.
+    # Cut at the deadline, the writer would upload the whole file a second time.
+    primary = SlowToAssemble()
+    async with running(tmp_path, (primary,), write_deadline=0.3) as chain:
+        upload = await chain.start_upload("big", {})
+        assert upload is not None
+        await upload.put_part(1, b"a" * (1 << 20))
+        await upload.put_part(2, b"b" * (1 << 20))
+        info = await upload.complete()
+    assert info.size == 2 << 20
+    assert primary.objects["big"][0] == b"a" * (1 << 20) + b"b" * (1 << 20)
+    assert [op for op, _ in primary.calls].count("complete") == 1
