@@ -40,6 +40,9 @@ from storagefs.download.run import (
     plan_tree,
 )
 from storagefs.download.state import STATE_NAME, is_part_name, part_name
+from storagefs.fs.attrs import pointer_metadata
+from storagefs.fs.links import pointer_body
+from storagefs.fs.names import inode_key
 from storagefs.resilience.backend import ResilientBackend, RetryPolicy
 from tests.conftest import S3Bucket
 
@@ -175,6 +178,35 @@ async def test_tree_arrives_with_content_mtime_and_mode_then_resumes(
     assert (fresh.downloaded, fresh.skipped) == (len(want), 0)
     # The run's private chain directory is gone; the cache directory itself stays.
     assert list(source.settings.cache_dir.iterdir()) == []
+
+
+async def test_hard_linked_files_arrive_with_their_content(source: Source, tmp_path: Path) -> None:
+    # A mount stores a hard-linked file's names as pointers to one inode object under the
+    # root's reserved .storagefs (storagefs/fs/links.py): each name arrives with the content,
+    # mode and time of that object, and the reserved objects themselves do not arrive.
+    link_id = "0123456789abcdef"
+    body = b"linked content\n"
+    await seed(
+        source.store,
+        {
+            inode_key(link_id): (
+                body,
+                {"mode": str(0o100640), "mtime": "1500000000", "storagefs-nlink": "2"},
+            ),
+            f"{PREFIX}/one.txt": (pointer_body(link_id), pointer_metadata(link_id)),
+            f"{PREFIX}/deeper/two.txt": (pointer_body(link_id), pointer_metadata(link_id)),
+        },
+    )
+    dest = tmp_path / "out"
+    summary = await download_with_settings(source.settings, PREFIX, dest)
+    assert summary.exit_code() == 0 and not summary.failed
+    for rel in ("one.txt", "deeper/two.txt"):
+        assert (dest / rel).read_bytes() == body
+        assert (dest / rel).stat().st_mtime == 1_500_000_000
+    everything = tmp_path / "all"
+    await download_with_settings(source.settings, "", everything)
+    assert not (everything / ".storagefs").exists()
+    assert (everything / PREFIX / "one.txt").read_bytes() == body
 
 
 async def test_s3_keys_that_are_no_local_path_and_file_directory_clashes(

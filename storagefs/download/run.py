@@ -57,7 +57,8 @@ from storagefs.download.state import (
     is_reserved_name,
     part_name,
 )
-from storagefs.fs.attrs import stored_mode, stored_mtime_ns
+from storagefs.fs.attrs import link_of, stored_mode, stored_mtime_ns
+from storagefs.fs.names import inode_key, is_reserved
 from storagefs.observability.metric_names import TASK_BULK_DOWNLOAD
 from storagefs.observability.redact import redact
 from storagefs.posix_names import component_problem
@@ -142,6 +143,8 @@ def plan_tree(prefix: str, objects: Iterable[ObjectInfo]) -> Plan:
         rel = key[len(prefix) :]
         if not rel:
             continue  # the prefix's own marker: the destination itself
+        if is_reserved(key):
+            continue  # the mount's own objects (hard links' contents, fetched by their names)
         is_dir = rel.endswith("/")
         if is_dir:
             rel = rel[:-1]
@@ -441,6 +444,11 @@ class BulkDownload:
                     lambda: path.parent.mkdir(parents=True, exist_ok=True)
                 )
                 info = await self.backend.download(planned.key, str(part))
+                link_id = link_of(info.metadata)
+                if link_id is not None:
+                    # One name of a hard-linked file (storagefs/fs/links.py): the content,
+                    # mode and times are those of its inode object.
+                    info = await self.backend.download(inode_key(link_id), str(part))
                 st = await trio.to_thread.run_sync(_finish, part, path, info)
                 record = Record(
                     planned.rel, planned.info.etag, st.st_size, planned.info.mtime, st.st_mtime_ns
