@@ -768,22 +768,19 @@ class Filesystem:
 
     async def mkdir(self, parent_ino: int, name: str, mode: int, uid: int, gid: int) -> Node:
         self._check_writable()
-        parent = self._dir_node(parent_ino)
-        check_new_name(name)
-        assert parent.path is not None
-        path = child_path(parent.path, name)
+        parent, where, path = self._new_path(parent_ino, name)
         self._check_room(dir_prefix(path))
         await self._ensure_absent(path)
         attrs = self._new_attrs(parent, stat.S_IFDIR, mode, uid, gid)
         meta = attrs.to_metadata()
         await self.backend.write_bytes(dir_prefix(path), b"", meta)
         self._memo(dir_prefix(path), "dir", meta)
-        self.dirs.add(parent.path, Entry(name, True, None))
+        self.dirs.add(where, Entry(name, True, None))
         self.dirs.put(path, Listing({}, None, self._expiry()))
         self._dir_times.pop(path, None)  # a new directory: its own times, not a former one's
         node = self.inodes.upsert(path, attrs, None, self._expiry())
         node.lookups += 1
-        self._touch_dir(parent.path)
+        self._touch_dir(where)
         return node
 
     async def symlink(self, parent_ino: int, name: str, target: bytes, uid: int, gid: int) -> Node:
@@ -806,10 +803,7 @@ class Filesystem:
         self, parent_ino: int, name: str, mode: int, uid: int, gid: int, body: bytes, rdev: int = 0
     ) -> Node:
         self._check_writable()
-        parent = self._dir_node(parent_ino)
-        check_new_name(name)
-        assert parent.path is not None
-        path = child_path(parent.path, name)
+        parent, where, path = self._new_path(parent_ino, name)
         self._check_room(path)
         await self._ensure_absent(path)
         attrs = self._new_attrs(parent, stat.S_IFMT(mode), mode, uid, gid, len(body))
@@ -823,7 +817,7 @@ class Filesystem:
         if attrs.is_link:
             node.target = body
         node.lookups += 1
-        self._touch_dir(parent.path)
+        self._touch_dir(where)
         return node
 
     async def readlink(self, ino: int) -> bytes:
@@ -844,6 +838,14 @@ class Filesystem:
         EPERM for directories, as on Linux."""
         self._check_writable()
         return await self.links.link(ino, new_parent_ino, new_name)
+
+    def _new_path(self, parent_ino: int, name: str) -> tuple[Node, str, str]:
+        """The directory, its path and the new path of a name about to be made in it (EINVAL,
+        ENAMETOOLONG for a name no file may have; ENOTDIR, ENOENT for a parent that is none)."""
+        parent = self._dir_node(parent_ino)
+        check_new_name(name)
+        assert parent.path is not None
+        return parent, parent.path, child_path(parent.path, name)
 
     async def _ensure_absent(self, path: str) -> None:
         existing = self.inodes.by_path(path)
@@ -968,10 +970,7 @@ class Filesystem:
         self, parent_ino: int, name: str, mode: int, flags: int, uid: int, gid: int
     ) -> tuple[int, Node]:
         self._check_writable()
-        parent = self._dir_node(parent_ino)
-        check_new_name(name)
-        assert parent.path is not None
-        path = child_path(parent.path, name)
+        parent, where, path = self._new_path(parent_ino, name)
         self._check_room(path)
         existing = self.inodes.by_path(path)
         if existing is not None and path_is_open(self, existing) and flags & os.O_EXCL:
@@ -990,8 +989,8 @@ class Filesystem:
         self._start_stream(ofile)
         fh = self._new_fh()
         self._handles[fh] = Handle(ofile, writable=True)
-        self.dirs.add(parent.path, Entry(name, False, ObjectInfo(path, 0, now / 1e9)))
-        self._touch_dir(parent.path)
+        self.dirs.add(where, Entry(name, False, ObjectInfo(path, 0, now / 1e9)))
+        self._touch_dir(where)
         return fh, node
 
     async def open(self, ino: int, flags: int) -> tuple[int, bool]:

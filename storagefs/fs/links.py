@@ -35,7 +35,7 @@ from storagefs.backends.base import BackendError, NotFound, ObjectInfo, forget_u
 from storagefs.fs.attrs import META_NLINK, attrs_from_object, link_of, nlink_of, pointer_metadata
 from storagefs.fs.errors import FSError
 from storagefs.fs.inodes import Node
-from storagefs.fs.names import check_new_name, child_path, inode_key
+from storagefs.fs.names import inode_key
 
 if TYPE_CHECKING:
     from storagefs.fs.core import Filesystem
@@ -191,10 +191,7 @@ class HardLinks:
             raise FSError(errno.EPERM, "hard links to directories are not allowed")
         if not node.alive:
             raise FSError(errno.ENOENT)
-        parent = fs._dir_node(new_parent_ino)
-        check_new_name(new_name)
-        assert parent.path is not None
-        path = child_path(parent.path, new_name)
+        _, where, path = fs._new_path(new_parent_ino, new_name)
         fs._check_room(path)
         await fs._ensure_absent(path)
         now = time.time_ns()
@@ -212,7 +209,7 @@ class HardLinks:
         fs.inodes.add_name(node, path)
         node.lookups += 1
         node.expires = fs._expiry()
-        fs._touch_dir(parent.path)
+        fs._touch_dir(where)
         return node
 
     async def _make_linked(self, node: Node, now: int) -> None:
