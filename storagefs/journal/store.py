@@ -372,52 +372,40 @@ class Journal:
             db = self._db()
 
             def update() -> None:
-                with self._synchronous(db, durable):
-                    db.execute(
-                        "UPDATE entries SET metadata = ? WHERE seq = ?",
-                        (meta_json(meta), entry.seq),
-                    )
+                db.execute(
+                    "UPDATE entries SET metadata = ? WHERE seq = ?", (meta_json(meta), entry.seq)
+                )
 
             with _disk_full_is_no_space():
                 await self._run_commit(update, durable)
-            self._committed(durable)
         amended = dataclasses.replace(entry, metadata=meta)
         if entry.seq in self._entries:
             self._entries[entry.seq] = amended
         self._notify()
         return amended
 
-    @staticmethod
-    @contextlib.contextmanager
-    def _synchronous(db: sqlite3.Connection, durable: bool) -> Iterator[None]:
-        """Commit without an fsync of the WAL unless ``durable`` (FULL is the default). Such a
-        commit runs on the trio thread (:meth:`_run_commit`), so it must not be the one that
-        checkpoints the WAL (writes and fsyncs the database file): the next commit in a worker
-        thread does that."""
+    async def _run_commit(self, commit: Callable[[], T], durable: bool) -> T:
+        """Run ``commit`` (one SQLite transaction on the journal's connection, under the lock).
+
+        A durable one waits for an fsync of the WAL: in a worker thread. One that is not is
+        committed with ``synchronous=NORMAL``, a write into the WAL (tens of microseconds), so
+        it runs right here, cheaper than a thread hop; being on the trio thread, it must not
+        be the commit that checkpoints the WAL (writes and fsyncs the database file): the next
+        commit in a worker thread does that."""
         if durable:
-            yield
-            return
+            result = await trio.to_thread.run_sync(commit)
+            self._unsynced = False  # this commit's fsync of the WAL covered the earlier ones
+            return result
+        db = self._db()
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA wal_autocheckpoint=0")
         try:
-            yield
+            result = commit()
         finally:
             db.execute(f"PRAGMA wal_autocheckpoint={_WAL_AUTOCHECKPOINT}")
             db.execute("PRAGMA synchronous=FULL")
-
-    @staticmethod
-    async def _run_commit(commit: Callable[[], T], durable: bool) -> T:
-        """A durable commit waits for an fsync: in a worker thread. One that does not is a
-        write into the WAL (tens of microseconds): cheaper here than a thread hop."""
-        if durable:
-            return await trio.to_thread.run_sync(commit)
-        return commit()
-
-    def _committed(self, durable: bool) -> None:
-        if not durable:
-            self._unsynced = True
-        else:  # this commit's fsync of the WAL covered the earlier ones
-            self._unsynced = False
+        self._unsynced = True
+        return result
 
     async def make_durable(self) -> None:
         """fsync what commits made with ``durable=False`` wrote (an ``fsync()`` of a file
@@ -465,8 +453,7 @@ class Journal:
             garbage, self._garbage = (self._garbage, []) if durable else ([], self._garbage)
 
             def insert() -> int:
-                with self._synchronous(db, durable):
-                    seq = self._insert(db, op, key, src, meta, staged, created)
+                seq = self._insert(db, op, key, src, meta, staged, created)
                 # A durable commit was fsync'd, and with it every earlier ack: finished
                 # files go.
                 self._unlink_content(garbage)
@@ -480,7 +467,6 @@ class Journal:
             except BaseException:
                 self._garbage[:0] = garbage
                 raise
-            self._committed(durable)
         entry = Entry(
             seq=seq,
             op=op,
