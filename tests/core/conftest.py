@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import trio
 from storagefs.fs.core import Filesystem, FsOptions
 from storagefs.fs.inodes import ROOT_INODE
 from tests.fakes import MemoryBackend
+from tests.fault_injection import FaultyBackend
 
 
 @pytest.fixture
@@ -26,6 +28,32 @@ def make_fs(backend: object, tmp_path: Path, **kw: object) -> Filesystem:
         **kw,  # type: ignore[arg-type]
     )
     return Filesystem(backend, opts)  # type: ignore[arg-type]
+
+
+def attached(backend: object, tmp_path: Path, nursery: trio.Nursery, **kw: object) -> Filesystem:
+    """A core (see make_fs) whose background work (readahead, streams) runs in ``nursery``."""
+    fs = make_fs(backend, tmp_path, **kw)
+    fs.attach(nursery)
+    return fs
+
+
+@asynccontextmanager
+async def over_two_remotes(
+    tmp_path: Path, nursery: trio.Nursery
+) -> AsyncIterator[tuple[Filesystem, FaultyBackend, FaultyBackend]]:
+    """A core over a chain of two in-memory remotes (primary, secondary) that a test may take
+    down; after the block both answer again, the journal must drain to them within 10 s,
+    and the core is closed."""
+    from tests.test_chain import remotes, running
+
+    primary, secondary = remotes()
+    async with running(tmp_path / "chain", (primary, secondary)) as chain:
+        fs = attached(chain, tmp_path, nursery)
+        yield fs, primary, secondary
+        primary.set_up()
+        secondary.set_up()
+        assert await chain.flush(10)
+        fs.close()
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from storagefs.fs.inodes import ROOT_INODE
 from storagefs.fs.links import pointer_body
 from storagefs.fs.metadata_cache import MetadataCache
 from storagefs.fs.names import LINKS_PREFIX
-from tests.core.conftest import make_fs, read_file, resolve, write_file
+from tests.core.conftest import attached, make_fs, over_two_remotes, read_file, resolve, write_file
 from tests.fakes import MemoryBackend
 
 
@@ -338,12 +338,9 @@ async def test_a_mount_that_knew_the_empty_file_sees_it_become_a_link(
 async def test_links_made_during_an_outage_reach_both_stores_by_the_journal(
     tmp_path: Path, nursery: trio.Nursery
 ) -> None:
-    from tests.test_chain import remotes, running, store
+    from tests.test_chain import store
 
-    primary, secondary = remotes()
-    async with running(tmp_path / "chain", (primary, secondary)) as chain:
-        fs = make_fs(chain, tmp_path)
-        fs.attach(nursery)
+    async with over_two_remotes(tmp_path, nursery) as (fs, primary, secondary):
         ino = await write_file(fs, "f", b"before")
         primary.set_down()
         secondary.set_down()
@@ -352,10 +349,6 @@ async def test_links_made_during_an_outage_reach_both_stores_by_the_journal(
         await overwrite(fs, "g", b"during the outage")
         await fs.unlink(ROOT_INODE, "f")
         assert await read_file(fs, "h") == b"during the outage"
-        primary.set_up()
-        secondary.set_up()
-        assert await chain.flush(10)
-        fs.close()
     for backend in (primary, secondary):
         objects = store(backend).objects
         assert "f" not in objects
@@ -395,8 +388,7 @@ async def test_unlink_counts_on_what_the_mount_knows_when_the_count_cannot_be_re
     tmp_path: Path, nursery: trio.Nursery
 ) -> None:
     backend = NoStatOfInodeObjects()
-    fs = make_fs(backend, tmp_path)
-    fs.attach(nursery)
+    fs = attached(backend, tmp_path, nursery)
     ino = await write_file(fs, "f", b"x")
     await fs.link(ino, ROOT_INODE, "g")
     backend.failing = True
@@ -423,8 +415,7 @@ async def test_a_failed_first_link_leaves_the_file_as_it_was(
     tmp_path: Path, nursery: trio.Nursery
 ) -> None:
     backend = FailingPointerWrites()
-    fs = make_fs(backend, tmp_path)
-    fs.attach(nursery)
+    fs = attached(backend, tmp_path, nursery)
     ino = await write_file(fs, "f", b"plain")
     backend.failing = True
     assert await errno_of(fs.link(ino, ROOT_INODE, "g")) == errno.EIO

@@ -24,7 +24,7 @@ from storagefs.fs.core import Filesystem
 from storagefs.fs.errors import FSError
 from storagefs.fs.inodes import ROOT_INODE
 from storagefs.fs.metadata_cache import MetadataCache
-from tests.core.conftest import make_fs, resolve, write_file
+from tests.core.conftest import make_fs, over_two_remotes, resolve, write_file
 from tests.fakes import MemoryBackend
 
 
@@ -212,12 +212,9 @@ async def test_defaults_apply_to_objects_without_metadata(
 async def test_links_and_nodes_go_through_the_journal_during_an_outage(
     tmp_path: Path, nursery: trio.Nursery
 ) -> None:
-    from tests.test_chain import remotes, running, store
+    from tests.test_chain import store
 
-    primary, secondary = remotes()
-    async with running(tmp_path / "chain", (primary, secondary)) as chain:
-        fs = make_fs(chain, tmp_path)
-        fs.attach(nursery)
+    async with over_two_remotes(tmp_path, nursery) as (fs, primary, secondary):
         primary.set_down()
         secondary.set_down()
         link = await fs.symlink(ROOT_INODE, "ln", b"target", 0, 0)
@@ -225,10 +222,6 @@ async def test_links_and_nodes_go_through_the_journal_during_an_outage(
         await fs.setattr(fifo.ino, mode=0o640)
         link.target = None  # read it back through the journal's overlay
         assert await fs.readlink(link.ino) == b"target"
-        primary.set_up()
-        secondary.set_up()
-        assert await chain.flush(10)
-        fs.close()
     for backend in (primary, secondary):
         objects = store(backend).objects
         assert objects["ln"][0] == b"target"
