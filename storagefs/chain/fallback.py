@@ -102,7 +102,8 @@ class _PrimaryUpload:
     deadline plus 1 s per MiB): a primary too slow for it fails the stream, and the writer
     falls back to writing the file (to the journal if need be), so a hung primary costs a
     close() about what it costs without streaming. The completion counts the whole object:
-    the store assembles it then (s3rver took over 3 s for 1 GiB; S3 can take minutes)."""
+    the store assembles it then (s3rver took over 3 s for 1 GiB; AWS documents that S3 may
+    take several minutes)."""
 
     def __init__(self, chain: FallbackChain, key: str, inner: Upload) -> None:
         self._chain = chain
