@@ -187,9 +187,10 @@ class Upload(Protocol):
 
     Parts are numbered from 1, each at least 5 MiB except the last, and may be put in any order
     and in parallel; nothing is visible under the key until :meth:`complete`. The object's
-    metadata is the one given when the upload started."""
+    metadata is the one given when the upload started. ``put_part`` must not keep ``data``
+    once it returns: the caller fills the same buffer with a later part."""
 
-    async def put_part(self, number: int, data: bytes) -> None: ...
+    async def put_part(self, number: int, data: bytes | bytearray) -> None: ...
 
     async def complete(self) -> ObjectInfo:
         """Assemble the parts put so far into the object; it is then on the store."""

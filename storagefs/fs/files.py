@@ -348,5 +348,6 @@ class ChunkReader:
 class Handle:
     ofile: OpenFile
     writable: bool
+    write_only: bool = False  # opened O_WRONLY: it never reads back what it writes
     reader: ChunkReader | None = None
     content: bytes | None = None  # a small file's whole content, fetched by its lookup

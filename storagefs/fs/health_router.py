@@ -231,6 +231,9 @@ class HealthRouter:
         """A /.health file: sized by its snapshot, so the kernel must not trust st_size."""
         return fh in self._files
 
+    def writes_bypass_page_cache(self, fh: int) -> bool:
+        return not self._owned_fh(fh) and self.core.writes_bypass_page_cache(fh)
+
     async def read(self, fh: int, offset: int, size: int) -> bytes:
         if not self._owned_fh(fh):
             return await self.core.read(fh, offset, size)

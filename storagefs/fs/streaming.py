@@ -59,6 +59,10 @@ class PartStream:
         self._running = 0
         self._idle = trio.Event()
         self._idle.set()
+        # Buffers of parts the store has taken, for the next parts: fresh memory is not free
+        # (page faults, and on a VM the host backing it), a reused buffer is. At most as many
+        # as this stream had in flight at once; dropped with the stream.
+        self._spare: list[bytearray] = []
 
     def wrote(self, offset: int, size: int) -> None:
         """A write at ``offset`` left the file ``size`` bytes long: put the parts now full."""
@@ -75,6 +79,7 @@ class PartStream:
         if self.ended:
             return
         self.ended = True
+        self._spare.clear()
         log.debug("%s: streaming upload ended: %s", self.key, why)
         self._soon(self._abort)
 
@@ -98,6 +103,7 @@ class PartStream:
             self.end("nothing to complete")
             return None
         self.ended = True
+        self._spare.clear()
         try:
             if size > self.dispatched:
                 offset, length = self.dispatched, size - self.dispatched
@@ -132,11 +138,17 @@ class PartStream:
                 upload = await self._started()
                 if upload is None or self.ended:
                     return
-                data = await trio.to_thread.run_sync(os.pread, self._fd, length, offset)
-                if len(data) != length:
-                    raise OSError(f"staging file shorter than part {number} ({len(data)} bytes)")
+                data = self._spare.pop() if self._spare else bytearray(length)
+                got = await trio.to_thread.run_sync(os.preadv, self._fd, [data], offset)
+                if got != length:
+                    raise OSError(f"staging file shorter than part {number} ({got} bytes)")
                 await upload.put_part(number, data)
                 self._done += 1
+                # Only a part the store took hands its buffer on: a failed or cancelled call
+                # may still be sending it. (A late attempt that did send other bytes would not
+                # match the ETag the completion names, and the store refuses that.)
+                if not self.ended:
+                    self._spare.append(data)
         except (BackendError, OSError) as exc:  # the file is then uploaded whole at close
             self.end(f"part {number} failed: {exc}")
         finally:

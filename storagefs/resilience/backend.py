@@ -228,7 +228,7 @@ class _ResilientUpload:
         self._inner = inner
         self._sent = 0  # bytes in the parts put so far
 
-    async def put_part(self, number: int, data: bytes) -> None:
+    async def put_part(self, number: int, data: bytes | bytearray) -> None:
         await self._owner._call(
             "upload_part", self._key, lambda: self._inner.put_part(number, data), size=len(data)
         )

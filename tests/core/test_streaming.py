@@ -38,13 +38,15 @@ class _Upload:
     def __init__(self, store: StreamingMemory, key: str, metadata: dict[str, str]) -> None:
         self.store, self.key, self.metadata = store, key, metadata
         self.parts: dict[int, bytes] = {}
+        self.buffers: list[bytes | bytearray] = []  # each part's buffer, as handed over
 
-    async def put_part(self, number: int, data: bytes) -> None:
+    async def put_part(self, number: int, data: bytes | bytearray) -> None:
         self.store.calls.append(("upload_part", str(number)))
         await trio.lowlevel.checkpoint()
         if number == self.store.fail_part:
             raise TransientError("part refused")
-        self.parts[number] = data
+        self.parts[number] = bytes(data)  # the caller reuses its buffer
+        self.buffers.append(data)
 
     async def complete(self) -> ObjectInfo:
         self.store.calls.append(("complete", self.key))
@@ -98,6 +100,32 @@ async def test_a_sequential_writer_streams_parts_before_close(
     stored, meta, _ = backend.objects["big"]
     assert stored == data and meta["mode"] == str(0o100640)
     assert await read_file(fs, "big") == data
+
+
+async def test_parts_reuse_the_buffers_of_parts_already_stored(
+    streaming: tuple[Filesystem, StreamingMemory],
+) -> None:
+    """Fresh memory for every part is what a long write would pay per part (page faults):
+    with two parts at a time, eight parts go through at most two buffers, and every part
+    still reaches the store with its own bytes."""
+    fs, backend = streaming
+    data = os.urandom(8 * PART)
+    fh, _ = await fs.create(ROOT_INODE, "big", 0o644, os.O_WRONLY, 0, 0)
+    uploads: list[_Upload] = []
+    start = backend.start_upload
+
+    async def recorded(key: str, metadata: Mapping[str, str]) -> _Upload:
+        uploads.append(await start(key, metadata))
+        return uploads[-1]
+
+    backend.start_upload = recorded  # type: ignore[method-assign]
+    await write_sequentially(fs, fh, data)
+    await fs.flush(fh)
+    await fs.release(fh)
+    assert backend.objects["big"][0] == data
+    (upload,) = uploads
+    assert len(upload.buffers) == 8
+    assert len({id(b) for b in upload.buffers}) <= 2  # the list keeps each alive: ids differ
 
 
 async def test_a_close_right_after_create_keeps_streaming(

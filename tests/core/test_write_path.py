@@ -253,3 +253,22 @@ async def test_the_adapter_maps_the_core_error_and_answers_eio_to_bugs(
         await buggy(Ops())
     assert bug.value.errno == errno.EIO
     assert any("unexpected error in buggy" in r.message for r in caplog.records)
+
+
+async def test_only_write_only_handles_of_plain_files_bypass_the_page_cache(
+    fs: Filesystem,
+) -> None:
+    fh, node = await fs.create(ROOT_INODE, "f", 0o644, os.O_WRONLY | os.O_TRUNC, 0, 0)
+    assert fs.writes_bypass_page_cache(fh)
+    await fs.release(fh)
+    for flags, bypass in ((os.O_WRONLY, True), (os.O_RDWR, False), (os.O_RDONLY, False)):
+        fh = await fs.open(node.ino, flags)
+        assert fs.writes_bypass_page_cache(fh[0]) is bypass, flags
+        await fs.release(fh[0])
+    # The kernel clears setuid/setgid on a write only on its cached path.
+    for bits in (0o4755, 0o2755):
+        await fs.setattr(node.ino, mode=bits)
+        fh = await fs.open(node.ino, os.O_WRONLY)
+        assert not fs.writes_bypass_page_cache(fh[0]), oct(bits)
+        await fs.release(fh[0])
+    assert not fs.writes_bypass_page_cache(12345)  # not a handle

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import mmap
 import os
 import random
 from pathlib import Path
@@ -119,3 +120,29 @@ def test_extended_attributes_are_not_supported(store: Store, mount: MountFactory
                 call()
             assert err.value.errno == errno.EOPNOTSUPP
     assert m.ok("cat f") == "x\n"
+
+
+@pytest.mark.parametrize("store", [LOCAL], indirect=True)
+def test_a_write_only_writer_and_a_cached_reader_agree(store: Store, mount: MountFactory) -> None:
+    """Write-only handles bypass the kernel's page cache (cp's 256 MiB cost a copy and as much
+    fresh memory): a reader holding cached pages and a mapping must still see every write."""
+    m = mount(store)
+    path = m.path / "f"
+    path.write_bytes(b"a" * 8192)
+    reader = os.open(path, os.O_RDONLY)
+    try:
+        assert os.pread(reader, 8192, 0) == b"a" * 8192  # now in the page cache
+        with mmap.mmap(reader, 8192, prot=mmap.PROT_READ) as mapped:
+            writer = os.open(path, os.O_WRONLY)
+            os.pwrite(writer, b"b" * 5, 4096)
+            assert os.pread(reader, 10, 4094) == b"aabbbbbaaa"
+            assert mapped[4094:4104] == b"aabbbbbaaa"
+            os.close(writer)
+            appender = os.open(path, os.O_WRONLY | os.O_APPEND)
+            os.write(appender, b"zz")
+            os.close(appender)
+            assert os.fstat(reader).st_size == 8194
+            assert os.pread(reader, 4, 8190) == b"aazz"
+    finally:
+        os.close(reader)
+    assert store.get("f") == b"a" * 4096 + b"b" * 5 + b"a" * 4091 + b"zz"
