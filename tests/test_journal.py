@@ -328,19 +328,42 @@ async def test_make_durable_fsyncs_what_was_committed_without_fsync(
 
 
 async def test_commits_without_fsync_leave_the_checkpoint_to_a_worker_thread(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # They run on the trio thread: a checkpoint there (copying the WAL into the database file
     # and fsyncing both) would stall every request for its duration.
+    from storagefs.journal import store
+
     directory = tmp_path / "j"
     journal = await opened(directory)
     db = directory / "journal.db"
     before = db.stat().st_size
-    for i in range(600):  # ~1,200 WAL pages: past SQLite's auto-checkpoint of 1,000
-        await journal.append_put_bytes(f"held{i}", payload(4096, i), META, durable=False)
-    assert db.stat().st_size == before  # nothing checkpointed yet
+    with monkeypatch.context() as patch:
+        patch.setattr(store, "_INLINE_COMMITS", 10_000)  # every one of them on the trio thread
+        for i in range(600):  # ~1,200 WAL pages: past SQLite's auto-checkpoint of 1,000
+            await journal.append_put_bytes(f"held{i}", payload(4096, i), META, durable=False)
+        assert db.stat().st_size == before  # nothing checkpointed yet
     await journal.append_put_bytes("durable", b"x", META)  # a commit in a worker thread
     assert db.stat().st_size > before  # ...which checkpoints
+    await journal.close()
+
+
+async def test_a_long_run_of_commits_without_fsync_keeps_the_wal_bounded(
+    tmp_path: Path,
+) -> None:
+    """An rsync of many files commits only without fsync (held names, then the acks of their
+    withdrawal): every few hundred of them one runs in a worker thread and checkpoints."""
+    directory = tmp_path / "j"
+    journal = await opened(directory)
+    db = directory / "journal.db"
+    before = db.stat().st_size
+    for i in range(3000):  # ~27 MB of WAL if nothing ever checkpointed
+        entry = await journal.append_put_bytes(f"held{i}", payload(4096, i), META, durable=False)
+        await journal.mark_applied(entry.seq, "primary")
+    assert db.stat().st_size > before  # checkpointed, with no durable commit
+    wal = directory / "journal.db-wal"
+    assert wal.stat().st_size < 10 * 1024 * 1024, wal.stat().st_size
+    assert list(journal.pending("primary")) == []
     await journal.close()
 
 

@@ -24,7 +24,9 @@ entries are unlinked only after a later fsync (the next append, :meth:`Journal.c
 barrier when many are waiting), so a row that a power cut brings back never points at a file
 that is gone. What opening does after a crash is in :mod:`storagefs.journal_recovery`.
 
-**Concurrency.** Everything blocking runs in ``trio.to_thread.run_sync``. All SQLite work is
+**Concurrency.** Everything that waits on the disk (an fsync, a content file, a checkpoint) runs
+in ``trio.to_thread.run_sync``; commits without an fsync (acks, held names) run on the trio
+thread, cheaper than a thread hop (:meth:`Journal._run_commit`). All SQLite work is
 serialized by one ``trio.Lock``: the single connection is used by one worker thread at a time,
 and appends commit (and get their seq) in the order they take the lock. Copying content into
 the journal happens before taking the lock, so large appends overlap. An in-memory mirror of
@@ -72,6 +74,9 @@ log = logging.getLogger("storagefs.journal")
 INLINE_MAX = 64 * 1024  # measured: inline 4 KiB PUT ~0.5 ms vs ~1.3 ms with a content file
 _CHUNK = 1024 * 1024
 _WAL_AUTOCHECKPOINT = 1000  # pages: SQLite's default, restored after a commit without it
+# Commits without fsync made on the trio thread in a row before one runs in a worker thread,
+# where it may checkpoint the WAL (see Journal._run_commit): a few hundred KiB of WAL at most.
+_INLINE_COMMITS = 200
 _GARBAGE_BARRIER = 256  # finished content files waiting before a fsync barrier frees them
 # Inline contents of pending entries also kept in memory up to this many bytes, so replaying
 # and serving small writes costs no SQLite round trip.
@@ -202,6 +207,7 @@ class Journal:
         self._changed = trio.Event()
         self._barrier_wanted = False
         self._unsynced = False  # a commit made with durable=False awaits an fsync of the WAL
+        self._inline_commits = 0  # commits on the trio thread since one in a worker thread
         self.quarantined = 0
         self.recovered_orphans = 0  # unacknowledged content files removed at open
         self.listeners: list[Callable[[Entry], None]] = []  # called after each append
@@ -300,7 +306,10 @@ class Journal:
         finally:
             self._reserved -= reserved
         if staged.consumed is not None:
-            await trio.to_thread.run_sync(staged.consumed.unlink)
+            if staged.inline is not None:  # a few KiB: cheaper than a thread hop
+                staged.consumed.unlink()
+            else:
+                await trio.to_thread.run_sync(staged.consumed.unlink)
         return entry
 
     async def append_put_bytes(
@@ -387,16 +396,29 @@ class Journal:
     async def _run_commit(self, commit: Callable[[], T], durable: bool) -> T:
         """Run ``commit`` (one SQLite transaction on the journal's connection, under the lock).
 
-        A durable one waits for an fsync of the WAL: in a worker thread. One that is not is
-        committed with ``synchronous=NORMAL``, a write into the WAL (tens of microseconds), so
-        it runs right here, cheaper than a thread hop; being on the trio thread, it must not
-        be the commit that checkpoints the WAL (writes and fsyncs the database file): the next
-        commit in a worker thread does that."""
-        if durable:
-            result = await trio.to_thread.run_sync(commit)
-            self._unsynced = False  # this commit's fsync of the WAL covered the earlier ones
-            return result
+        A durable one waits for an fsync of the WAL: in a worker thread. One that is not (an
+        ack, a held name's append or amendment) is committed with ``synchronous=NORMAL``, a
+        write into the WAL (tens of microseconds), so it runs right here, cheaper than a thread
+        hop; being on the trio thread, it must not be the commit that checkpoints the WAL
+        (writes and fsyncs the database file). After ``_INLINE_COMMITS`` of those in a row the
+        next runs in a worker thread with the checkpoint allowed, so a run of them (an rsync of
+        many files, the replayer's acks after an outage) does not grow the WAL without end."""
         db = self._db()
+        if durable or self._inline_commits >= _INLINE_COMMITS:
+            sync = "FULL" if durable else "NORMAL"
+
+            def run() -> T:
+                db.execute(f"PRAGMA synchronous={sync}")
+                try:
+                    return commit()
+                finally:
+                    db.execute("PRAGMA synchronous=FULL")
+
+            result = await trio.to_thread.run_sync(run)
+            self._inline_commits = 0
+            if durable:
+                self._unsynced = False  # this commit's fsync of the WAL covered earlier ones
+            return result
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA wal_autocheckpoint=0")
         try:
@@ -404,6 +426,7 @@ class Journal:
         finally:
             db.execute(f"PRAGMA wal_autocheckpoint={_WAL_AUTOCHECKPOINT}")
             db.execute("PRAGMA synchronous=FULL")
+        self._inline_commits += 1
         self._unsynced = True
         return result
 
@@ -636,7 +659,7 @@ class Journal:
             batch, self._acks = self._acks, []
             db = self._db()
             try:
-                await trio.to_thread.run_sync(self._delete_targets, db, batch)
+                await self._run_commit(lambda: self._delete_targets(db, batch), durable=False)
             except BaseException:
                 self._acks[:0] = [a for a in batch if a is not ack]
                 raise
@@ -680,7 +703,7 @@ class Journal:
                 where = self._write_quarantine(
                     f"{seq}-{target}", self._describe(entry, target, progress), reason, entry
                 )
-                self._delete_target(db, seq, target, sync="FULL")
+                self._delete_targets(db, [_Ack(seq, target)])  # synchronous=FULL: the default
                 return where
 
             where = await trio.to_thread.run_sync(run)
@@ -691,33 +714,22 @@ class Journal:
         )  # fmt: skip
         self._drop_target(seq, target)
 
-    def _delete_target(
-        self, db: sqlite3.Connection, seq: int, target: str, sync: str = "NORMAL"
-    ) -> None:
-        self._delete_targets(db, [_Ack(seq, target)], sync)
-
-    def _delete_targets(
-        self, db: sqlite3.Connection, acks: Sequence[_Ack], sync: str = "NORMAL"
-    ) -> None:
-        db.execute(f"PRAGMA synchronous={sync}")
+    def _delete_targets(self, db: sqlite3.Connection, acks: Sequence[_Ack]) -> None:
+        db.execute("BEGIN IMMEDIATE")
         try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                for ack in acks:
-                    db.execute(
-                        "DELETE FROM targets WHERE seq = ? AND target = ?", (ack.seq, ack.target)
-                    )
-                    left = db.execute(
-                        "SELECT 1 FROM targets WHERE seq = ? LIMIT 1", (ack.seq,)
-                    ).fetchone()
-                    if left is None:
-                        db.execute("DELETE FROM entries WHERE seq = ?", (ack.seq,))
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-        finally:
-            db.execute("PRAGMA synchronous=FULL")
+            for ack in acks:
+                db.execute(
+                    "DELETE FROM targets WHERE seq = ? AND target = ?", (ack.seq, ack.target)
+                )
+                left = db.execute(
+                    "SELECT 1 FROM targets WHERE seq = ? LIMIT 1", (ack.seq,)
+                ).fetchone()
+                if left is None:
+                    db.execute("DELETE FROM entries WHERE seq = ?", (ack.seq,))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     def _drop_target(self, seq: int, target: str) -> None:
         progress = self._progress.get(seq)
