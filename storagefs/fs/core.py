@@ -93,7 +93,7 @@ class FsOptions:
     metadata_ttl: float = 5.0
     read_only: bool = False
     read_chunk_size: int = 8 * 1024 * 1024
-    readahead_chunks: int = 4
+    readahead_chunks: int = 8
     # Read chunks held or in flight across all open files together (see ReadBudget).
     read_budget: int = 128 * 1024 * 1024
     # The longest key (below the URLs' prefixes) every remote can store; see key_room().

@@ -313,7 +313,10 @@ class ChunkReader:
         if offset >= end:
             return b""
         first, last = offset // self._chunk, (end - 1) // self._chunk
-        sequential = offset == self._next_offset
+        # The kernel's readahead sends several reads at once and they can reach us out of
+        # order (each FUSE request is its own task): a read within a chunk of where the last
+        # one ended still counts as sequential, or that read would start no readahead.
+        sequential = abs(offset - self._next_offset) <= self._chunk
         needed = [self._start(i) for i in range(first, last + 1)]
         if any(chunk is None for chunk in needed):
             self._next_offset = end
@@ -333,7 +336,8 @@ class ChunkReader:
                 raise chunk.error
             base = i * self._chunk
             parts.append(chunk.data[max(offset - base, 0) : end - base])
-        self._next_offset = end
+        # A read that arrived late must not move the reader back.
+        self._next_offset = max(self._next_offset, end) if sequential else end
         # Drop what a sequential reader has passed; keep one chunk back for small re-reads.
         for i in [i for i in self._chunks if i < first - 1]:
             self._drop(i)

@@ -86,6 +86,27 @@ async def test_prefetch_stops_at_release(tmp_path: Path, nursery: trio.Nursery) 
     fs.close()
 
 
+async def test_reads_out_of_order_still_read_ahead(tmp_path: Path, nursery: trio.Nursery) -> None:
+    # The kernel's readahead requests can reach the daemon out of order.
+    backend = SlowBackend()
+    fs = make_fs(backend, tmp_path, chunk=CHUNK, readahead_chunks=4)
+    fs.attach(nursery)
+    blob = os.urandom(40 * CHUNK)
+    await backend.write_bytes("big", blob, {})
+    fh, _ = await fs.open(await resolve(fs, "big"), os.O_RDONLY)
+    step = CHUNK // 2
+    for a, b in [(i, i + step) for i in range(0, len(blob), 2 * step)]:
+        # Each pair arrives second half first.
+        assert await fs.read(fh, b, step) == blob[b : b + step]
+        assert await fs.read(fh, a, step) == blob[a : a + step]
+        # Readahead runs ahead of the reader all the way: 4 chunks beyond this one.
+        if b + step + 4 * CHUNK <= len(blob):
+            assert fs.read_budget.used >= 4 * CHUNK, f"no readahead at offset {a}"
+    assert backend.reads_started <= 40 + 2  # every chunk fetched once (and the lookup's peek)
+    await fs.release(fh)
+    fs.close()
+
+
 async def test_reader_over_budget_still_reads(tmp_path: Path, nursery: trio.Nursery) -> None:
     backend = SlowBackend()
     fs: Filesystem = make_fs(backend, tmp_path, chunk=CHUNK, read_budget=CHUNK)
