@@ -1092,7 +1092,11 @@ class Filesystem:
             async with ofile.lock:
                 await self._ensure_staging(ofile)
         assert ofile.fd is not None
-        written = os.pwrite(ofile.fd, data, offset)
+        stream = ofile.stream
+        if stream is not None and not stream.ended:
+            written = stream.write(offset, data)
+        else:
+            written = os.pwrite(ofile.fd, data, offset)
         ofile.version += 1
         attrs = ofile.node.attrs
         attrs.size = max(attrs.size, offset + written)

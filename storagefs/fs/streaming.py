@@ -2,11 +2,13 @@
 do), so that close() costs little more than the last part instead of the whole upload.
 
 A new or truncated file gets a :class:`PartStream`. The staging file stays the source of truth:
-every write goes there first. While each write lands at or after the bytes already handed to
-the uploader, every full part of the staging file is put in the background as soon as it is
-complete (at most ``limiter`` parts at a time across all files, which also bounds the memory:
-one part in memory per slot). close()/fsync() then put the tail and complete the upload. A file
-smaller than one part never starts an upload: it is written whole, in one request, as before.
+every write goes there first (:meth:`PartStream.write`: past the first part, aligned writes go
+around the page cache, see storagefs/fs/direct_io.py, and the parts are read back that way).
+While each write lands at or after the bytes already handed to the uploader, every full part
+of the staging file is put in the background as soon as it is complete (at most ``limiter``
+parts at a time across all files, which also bounds the memory: one part in memory per slot).
+close()/fsync() then put the tail and complete the upload. A file smaller than one part never
+starts an upload: it is written whole, in one request, as before.
 
 Anything else ends the stream and the file is uploaded whole at close from the staging file,
 as before: a write behind the streamed bytes (the writer seeked back), a truncate, a rename, a
@@ -18,6 +20,7 @@ would journal the write (a secondary, write-back, the primary not answering: see
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import os
 from collections.abc import Awaitable, Callable
@@ -25,6 +28,7 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from storagefs.backends.base import Backend, BackendError, ObjectInfo, Upload, start_upload
+from storagefs.fs import direct_io
 from storagefs.fs.attrs import Attrs
 
 log = logging.getLogger("storagefs.fs.streaming")
@@ -63,6 +67,58 @@ class PartStream:
         # (page faults, and on a VM the host backing it), a reused buffer is. At most as many
         # as this stream had in flight at once; dropped with the stream.
         self._spare: list[bytearray] = []
+        # Past the first part (a file this big is a big one), aligned writes go to the staging
+        # file around the page cache and parts are read back the same way. Opened by the first
+        # such write; None before, after the stream, or where the file system has no direct I/O.
+        self._direct: int | None = None
+        self._direct_tried = False
+        # A write past the first part went through the page cache (unaligned, or direct I/O
+        # refused): read parts through it too, or each direct read would first have to wait
+        # for the kernel to write those pages back.
+        self._cached_writes = False
+
+    def write(self, offset: int, data: bytes) -> int:
+        """Write ``data`` at ``offset`` of the staging file; the bytes written."""
+        if offset >= self._part_size and direct_io.aligned(offset, len(data)):
+            fd = self._direct_fd()
+            if fd is not None:
+                try:
+                    done = direct_io.pwrite(fd, data, offset)
+                except OSError as exc:
+                    if exc.errno != errno.EINVAL:
+                        raise
+                    # The file system opened it but refuses this I/O (an alignment it wants
+                    # larger, say): the page cache for the rest of this stream.
+                    log.debug("%s: no direct I/O for the staging file: %s", self.key, exc)
+                    self._direct_tried, done = True, 0
+                    self._close_direct()
+                if done == len(data):
+                    return done
+                # A full disk takes fewer: the page cache path says so with its own error.
+                offset, data = offset + done, data[done:]
+        if offset + len(data) > self._part_size:
+            self._cached_writes = True
+        return os.pwrite(self._fd, data, offset)
+
+    def _direct_fd(self) -> int | None:
+        if self.ended:
+            return None
+        if not self._direct_tried:
+            self._direct_tried = True
+            self._direct = direct_io.open_direct(self._fd)
+        return self._direct
+
+    def _close_direct(self) -> None:
+        """Close the direct descriptor once no part is reading through it."""
+        if self._direct is not None and self._running == 0:
+            os.close(self._direct)
+            self._direct = None
+
+    def _read_part(self, buffer: bytearray, offset: int) -> int:
+        fd = self._direct
+        if fd is not None and not self._cached_writes and offset >= self._part_size:
+            return direct_io.preadinto(fd, buffer, offset)
+        return os.preadv(self._fd, [buffer], offset)
 
     def wrote(self, offset: int, size: int) -> None:
         """A write at ``offset`` left the file ``size`` bytes long: put the parts now full."""
@@ -80,6 +136,7 @@ class PartStream:
             return
         self.ended = True
         self._spare.clear()
+        self._close_direct()  # or the last part in flight does
         log.debug("%s: streaming upload ended: %s", self.key, why)
         self._soon(self._abort)
 
@@ -104,6 +161,7 @@ class PartStream:
             return None
         self.ended = True
         self._spare.clear()
+        self._close_direct()  # every part is done (idle): the tail is read through the cache
         try:
             if size > self.dispatched:
                 offset, length = self.dispatched, size - self.dispatched
@@ -139,7 +197,7 @@ class PartStream:
                 if upload is None or self.ended:
                     return
                 data = self._spare.pop() if self._spare else bytearray(length)
-                got = await trio.to_thread.run_sync(os.preadv, self._fd, [data], offset)
+                got = await trio.to_thread.run_sync(self._read_part, data, offset)
                 if got != length:
                     raise OSError(f"staging file shorter than part {number} ({got} bytes)")
                 await upload.put_part(number, data)
@@ -155,6 +213,8 @@ class PartStream:
             self._running -= 1
             if self._running == 0:
                 self._idle.set()
+                if self.ended:
+                    self._close_direct()
 
     async def _started(self) -> Upload | None:
         async with self._start_lock:
