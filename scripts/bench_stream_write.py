@@ -24,6 +24,8 @@ from pathlib import Path
 import boto3
 
 from storagefs.devtools import emulators
+
+
 def main() -> None:
     size = int(os.environ.get("SIZE_MIB", "256")) * 1024 * 1024
     rounds = int(os.environ.get("ROUNDS", "2"))

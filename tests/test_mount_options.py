@@ -139,6 +139,7 @@ def test_cli_takes_the_form_mount_fuse3_runs(monkeypatch: pytest.MonkeyPatch) ->
     from click.testing import CliRunner
 
     from storagefs.cli import main as cli
+
     seen: list[tuple[object, ...]] = []
     monkeypatch.setattr(cli, "check_mountpoint", lambda path: path)
     monkeypatch.setattr(cli, "_run_background", lambda s, mp: seen.append((s.primary, mp, s.uid)))
@@ -157,6 +158,7 @@ def test_env_file_sets_what_the_environment_does_not(
     from click.testing import CliRunner
 
     from storagefs.cli import main as cli
+
     env_file = Path(tmp_path) / "data.env"
     env_file.write_text("STORAGEFS_PRIMARY=file:///from/file\nSTORAGEFS_UMASK=027\n")
     for var in ("STORAGEFS_PRIMARY", "STORAGEFS_UMASK"):

@@ -429,11 +429,7 @@ class LocalBackend:
     def _path(self, key: str) -> Path:
         """The file for ``key``; InvalidRequest for keys that are not a safe path below root."""
         parts = key[:-1].split("/") if key.endswith("/") else key.split("/")
-        if (
-            not key
-            or any(component_problem(p) is not None for p in parts)
-            or parts[0] == TMP_DIR
-        ):
+        if not key or any(component_problem(p) is not None for p in parts) or parts[0] == TMP_DIR:
             raise InvalidRequest(f"{self.name}: {key!r} is not a valid key for a local directory")
         return self.root.joinpath(*parts)
 

@@ -51,8 +51,6 @@ def settings_from(**overrides: object) -> Settings:
 _ARGV = "storagefs.argv"
 
 
-
-
 class _Commands(click.Group):
     """The commands, plus the form mount.fuse3 runs (``storagefs SOURCE MOUNTPOINT -o OPTS``).
 
@@ -64,6 +62,7 @@ class _Commands(click.Group):
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         if args and ("://" in args[0] or args[0] == "storagefs") and args[0] not in self.commands:
             from storagefs.cli import mount_helper
+
             try:
                 args = mount_helper.mount_args(mount_helper.parse_args(args))
             except mount_helper.HelperUsageError as exc:
@@ -127,6 +126,7 @@ def mount(
 ) -> None:
     """Mount the configured storage on MOUNTPOINT."""
     from storagefs.cli import mount_options
+
     try:
         opts = mount_options.parse(options)
     except mount_options.MountOptionError as exc:
@@ -350,6 +350,7 @@ def health(mountpoint: Path | None, as_json: bool, timeout: float, degraded_ok: 
     not a verdict.
     """
     from storagefs.cli import probe
+
     target = mountpoint if mountpoint is not None else _only_mount()
     try:
         files = probe.read_health(target, timeout)
@@ -375,6 +376,7 @@ def health(mountpoint: Path | None, as_json: bool, timeout: float, degraded_ok: 
 def list_mounts(as_json: bool, timeout: float) -> None:
     """The live storagefs mounts: backends and health, one line each."""
     from storagefs.cli import mount_list
+
     summaries = [mount_list.summarize(mp, timeout) for mp in mount_list.live_mounts()]
     if as_json:
         click.echo(mount_list.as_json(summaries), nl=False)
@@ -388,6 +390,7 @@ def _only_mount() -> Path:
     """The one storagefs mount for ``storagefs health`` without an argument. Several: a usage
     error (64), never "down" (2). None: exit 2, as for a mount that does not answer."""
     from storagefs.cli import mounts_table, probe
+
     try:
         found = mounts_table.storagefs_mounts()
     except OSError as exc:
@@ -429,6 +432,7 @@ def download(
     A second run skips files already complete. Exit code 0 all done, 1 some objects failed
     (listed), 2 bad input, 130 interrupted. See docs/DOWNLOAD.md."""
     from storagefs.download import run as bulk
+
     settings = settings_from(primary=primary, secondary=secondary)
     try:
         code = bulk.run_cli(
@@ -453,6 +457,7 @@ def sync(
     --primary/--secondary (or their STORAGEFS_* variables) a pass runs here, with no mount.
     Exit code 0 the secondary holds everything, 1 objects left behind, 2 bad input."""
     from storagefs.cli import sync as sync_cli
+
     try:
         if mountpoint is not None:
             if primary or secondary:

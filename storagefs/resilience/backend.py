@@ -642,19 +642,21 @@ class ResilientBackend:
                 state.upcoming_sleep,
             )
 
-        retrying = None if attempts == 1 else tenacity.AsyncRetrying(
-            sleep=trio.sleep,
-            stop=(
-                tenacity.stop_after_attempt(attempts)
-                | _StopAtClock(self._clock, start + deadline)
-                # Another operation opened the breaker: further attempts only add load.
-                | _StopWhen(self._breaker_is_open)
-            ),
-            wait=self.policy.backoff(),
-            retry=tenacity.retry_if_exception_type(TransientError),
-            before_sleep=before_retry,
-            reraise=True,
-        )
+        retrying: tenacity.AsyncRetrying | None = None
+        if attempts > 1:
+            retrying = tenacity.AsyncRetrying(
+                sleep=trio.sleep,
+                stop=(
+                    tenacity.stop_after_attempt(attempts)
+                    | _StopAtClock(self._clock, start + deadline)
+                    # Another operation opened the breaker: further attempts only add load.
+                    | _StopWhen(self._breaker_is_open)
+                ),
+                wait=self.policy.backoff(),
+                retry=tenacity.retry_if_exception_type(TransientError),
+                before_sleep=before_retry,
+                reraise=True,
+            )
         with trio.move_on_after(deadline):
             try:
                 # The first attempt runs outside tenacity (its bookkeeping costs a cached

@@ -91,8 +91,9 @@ class FsModel(RuleBasedStateMachine):
     def children(self, d: str) -> list[str]:
         pre = d + "/" if d else ""
         return [
-            p for p in list(self.files) + list(self.dirs - {""})
-            if p.startswith(pre) and "/" not in p[len(pre):]
+            p
+            for p in list(self.files) + list(self.dirs - {""})
+            if p.startswith(pre) and "/" not in p[len(pre) :]
         ]
 
     def exists(self, path: str) -> bool:
@@ -107,6 +108,7 @@ class FsModel(RuleBasedStateMachine):
         if path in self.dirs:
             return
         hard_linked = len(self.linked(path)) > 1
+
         async def go() -> None:
             pino = await self.ino(parent)
             if hard_linked:  # the kernel opens an existing name, O_TRUNC, and writes
@@ -116,6 +118,7 @@ class FsModel(RuleBasedStateMachine):
             await self.fs.write(fh, 0, data)
             await self.fs.flush(fh)
             await self.fs.release(fh)
+
         self.run(go)
         if not hard_linked:
             self.drop_name(path)
@@ -126,24 +129,28 @@ class FsModel(RuleBasedStateMachine):
         if not self.files:
             return
         path = d.draw(st.sampled_from(sorted(self.files)))
+
         async def go() -> None:
             fh, _ = await self.fs.open(await self.ino(path), os.O_RDWR)
             await self.fs.write(fh, offset, data)
             await self.fs.flush(fh)
             await self.fs.release(fh)
+
         self.run(go)
         old = self.files[path]
         if data:
             old = old.ljust(offset, b"\0")
-            self.set_content(path, old[:offset] + data + old[offset + len(data):])
+            self.set_content(path, old[:offset] + data + old[offset + len(data) :])
 
     @rule(d=st.data(), size=st.integers(0, 500))
     def truncate(self, d: st.DataObject, size: int) -> None:
         if not self.files:
             return
         path = d.draw(st.sampled_from(sorted(self.files)))
+
         async def go() -> None:
             await self.fs.setattr(await self.ino(path), size=size)
+
         self.run(go)
         self.set_content(path, self.files[path][:size].ljust(size, b"\0"))
 
@@ -152,8 +159,10 @@ class FsModel(RuleBasedStateMachine):
         if not self.files:
             return
         path = d.draw(st.sampled_from(sorted(self.files)))
+
         async def go() -> None:
             await self.fs.unlink(await self.ino(self.parent_of(path)), path.rpartition("/")[2])
+
         self.run(go)
         del self.files[path]
         self.drop_name(path)
@@ -165,8 +174,10 @@ class FsModel(RuleBasedStateMachine):
         src = d.draw(st.sampled_from(sorted(self.files)))
         parent = d.draw(st.sampled_from(sorted(self.dirs)))
         dst = f"{parent}/{name}" if parent else name
+
         async def go() -> None:
             await self.fs.link(await self.ino(src), await self.ino(parent), name)
+
         if self.exists(dst):
             self.expect_errno(errno.EEXIST, go)
             return
@@ -181,8 +192,10 @@ class FsModel(RuleBasedStateMachine):
     def mkdir(self, d: st.DataObject, name: str) -> None:
         parent = d.draw(st.sampled_from(sorted(self.dirs)))
         path = f"{parent}/{name}" if parent else name
+
         async def go() -> None:
             await self.fs.mkdir(await self.ino(parent), name, 0o755, 0, 0)
+
         if self.exists(path):
             self.expect_errno(errno.EEXIST, go)
             return
@@ -194,8 +207,10 @@ class FsModel(RuleBasedStateMachine):
         if len(self.dirs) == 1:
             return
         path = d.draw(st.sampled_from(sorted(self.dirs - {""})))
+
         async def go() -> None:
             await self.fs.rmdir(await self.ino(self.parent_of(path)), path.rpartition("/")[2])
+
         if self.children(path):
             self.expect_errno(errno.ENOTEMPTY, go)
             return
@@ -209,11 +224,15 @@ class FsModel(RuleBasedStateMachine):
         src = d.draw(st.sampled_from(sorted(set(self.files) | (self.dirs - {""}))))
         parent = d.draw(st.sampled_from(sorted(self.dirs)))
         dst = f"{parent}/{name}" if parent else name
+
         async def go() -> None:
             await self.fs.rename(
-                await self.ino(self.parent_of(src)), src.rpartition("/")[2],
-                await self.ino(parent), name,
+                await self.ino(self.parent_of(src)),
+                src.rpartition("/")[2],
+                await self.ino(parent),
+                name,
             )
+
         if src == dst:
             return
         if src in self.files and dst in self.linked(src):
@@ -244,14 +263,14 @@ class FsModel(RuleBasedStateMachine):
             for p in sorted(self.dirs):
                 if p == src or p.startswith(src + "/"):
                     self.dirs.discard(p)
-                    self.dirs.add(dst + p[len(src):])
+                    self.dirs.add(dst + p[len(src) :])
             for p in list(self.files):
                 if p.startswith(src + "/"):
-                    self.files[dst + p[len(src):]] = self.files.pop(p)
+                    self.files[dst + p[len(src) :]] = self.files.pop(p)
             for group in self.links:
                 for p in [p for p in group if p.startswith(src + "/")]:
                     group.discard(p)
-                    group.add(dst + p[len(src):])
+                    group.add(dst + p[len(src) :])
 
     @rule(d=st.data(), name=NAMES, data=DATA)
     def behind_back_put(self, d: st.DataObject, name: str, data: bytes) -> None:

@@ -197,6 +197,7 @@ def test_list_with_no_mounts_says_so(tmp_path: Path) -> None:
     empty = tmp_path / "mounts"
     empty.write_text("proc /proc proc rw 0 0\n")
     from storagefs.cli import mount_list
+
     assert mount_list.live_mounts(str(empty)) == []
     assert mount_list.line(mount_list.summarize(tmp_path, 1.0)).startswith(
         f"{tmp_path} unknown (no health files"
