@@ -358,15 +358,27 @@ class Filesystem:
     def _file_attrs(self, info: ObjectInfo, metadata: Mapping[str, str] | None) -> Attrs:
         return attrs_from_object(info, False, self.defaults, metadata)
 
-    def _remember_meta(self, info: ObjectInfo, metadata: Mapping[str, str]) -> None:
-        self._memo(info.key, info.etag, metadata)
+    def _remember_meta(
+        self, info: ObjectInfo, metadata: Mapping[str, str], *, headed: bool = False
+    ) -> None:
+        """Remember what ``info`` carries: the answer to a HEAD (``headed``: its time is the
+        store's) or the result of a write or copy (its time may be this machine's)."""
+        self._memo(info.key, info.etag, metadata, info.mtime, local_time=not headed)
 
-    def _memo(self, key: str, etag: str | None, metadata: Mapping[str, str] | None) -> None:
+    def _memo(
+        self,
+        key: str,
+        etag: str | None,
+        metadata: Mapping[str, str] | None,
+        mtime: float | None = None,
+        *,
+        local_time: bool = True,
+    ) -> None:
         """Remember (None: forget) an object's metadata, here and in its cached listing."""
         if metadata is None:
             self.meta.forget(key)
         else:
-            self.meta.put(key, etag, metadata)
+            self.meta.put(key, etag, metadata, mtime, local_time=local_time)
         parent = parent_and_name(key.rstrip("/"))[0]
         listing = self.dirs.get(parent, self._now())
         if listing is not None and listing.meta is not None:
@@ -390,18 +402,16 @@ class Filesystem:
         wrote or saw are remembered (MetadataCache); the rest are HEADed here, in parallel,
         once — so ``ls -l`` shows stored attributes even on a fresh machine, and a second
         listing costs no HEAD at all (unlike s3fs, which HEADs every entry sequentially)."""
-        unknown: list[tuple[str, str | None]] = []  # (key, etag or "dir")
+        unknown: list[tuple[str, str | None, float | None]] = []  # (key, etag or "dir", mtime)
         for entry in listing.entries.values():
-            etag: str | None
             if entry.is_dir:
-                key, etag = dir_prefix(child_path(path, entry.name)), "dir"
+                unknown.append((dir_prefix(child_path(path, entry.name)), "dir", None))
             else:
                 assert entry.info is not None
-                key, etag = entry.info.key, entry.info.etag
-            unknown.append((key, etag))
+                unknown.append((entry.info.key, entry.info.etag, entry.info.mtime))
         known = self.meta.get_many(unknown)
         listing.meta = known
-        missing = [(k, e) for k, e in unknown if k not in known and e is not None]
+        missing = [(k, e) for k, e, _ in unknown if k not in known and e is not None]
         if missing and len(missing) <= self.options.listing_head_limit:
             await self._head_all(missing, known)
         await self.links.fill(known.values())  # hard-linked files' pointers: their inodes
@@ -417,14 +427,16 @@ class Filesystem:
                     info = await self.backend.stat(key)
                 except NotFound:  # an implicit directory: no marker, nothing stored
                     meta: Mapping[str, str] = {}
+                    mtime = None
                 except BackendError as exc:
                     log.debug("no metadata for %s: %s", key, exc)
                     return
                 else:
                     meta = info.metadata or {}
+                    mtime = None
                     if etag != "dir":
-                        etag = info.etag
-            self.meta.put(key, etag, meta)
+                        etag, mtime = info.etag, info.mtime
+            self.meta.put(key, etag, meta, mtime)
             known[key] = dict(meta)
 
         async with trio.open_nursery() as nursery:
@@ -449,7 +461,7 @@ class Filesystem:
                 existing.expires = max(existing.expires, until)
                 return existing
             key = path + "/"
-            meta = known.get(key) if known is not None else self.meta.get(key, "dir")
+            meta = known.get(key) if known is not None else self.meta.get(key, "dir", None)
             attrs = self._dir_attrs(path, attrs_from_object(None, True, self.defaults, meta))
             return self.inodes.upsert(path, attrs, None, until)
         info = entry.info
@@ -457,7 +469,10 @@ class Filesystem:
         existing = self.inodes.by_path(path)
         if existing is not None and path_is_open(self, existing):
             return existing  # a local staging copy is newer than the listing
-        meta = known.get(info.key) if known is not None else self.meta.get(info.key, info.etag)
+        if known is not None:
+            meta = known.get(info.key)
+        else:
+            meta = self.meta.get(info.key, info.etag, info.mtime)
         link_id = link_of(meta)
         if link_id is not None:  # a name of a hard-linked file: its inode object's node
             node = self.links.entry_node(path, link_id, until)
@@ -502,7 +517,8 @@ class Filesystem:
             entry = cached.entries.get(name)
             if entry is None:
                 raise FSError(errno.ENOENT)
-            known = None if entry.info is None else self.meta.get(entry.info.key, entry.info.etag)
+            info = entry.info
+            known = None if info is None else self.meta.get(info.key, info.etag, info.mtime)
             link_id = link_of(known)
             if link_id is not None and self.links.cached(link_id) is None:
                 assert entry.info is not None
@@ -555,7 +571,7 @@ class Filesystem:
                 try:
                     meta = (await self.backend.stat(dir_marker.key)).metadata
                 except BackendError:
-                    meta = self.meta.get(dir_marker.key, "dir")
+                    meta = self.meta.get(dir_marker.key, "dir", None)
                 if meta is not None:
                     self._memo(dir_marker.key, "dir", meta)
             attrs = attrs_from_object(dir_marker, True, self.defaults, meta or {})
@@ -572,7 +588,7 @@ class Filesystem:
                 log.debug("no backend answers for %r; treating it as absent", path)
             raise FSError(errno.ENOENT)
         meta = file_info.metadata or {}
-        self._remember_meta(file_info, meta)
+        self._remember_meta(file_info, meta, headed=True)
         link_id = link_of(meta)
         if link_id is not None:
             return await self.links.resolve(path, file_info, link_id, self._expiry())
@@ -1393,11 +1409,17 @@ class Filesystem:
         async def copy_one(obj: ObjectInfo) -> None:
             new_key = dst + "/" + obj.key[len(prefix) :]
             is_marker = obj.key.endswith("/")
-            meta = self.meta.get(obj.key, "dir" if is_marker else obj.etag)
+            if is_marker:
+                meta = self.meta.get(obj.key, "dir", None)
+            else:
+                meta = self.meta.get(obj.key, obj.etag, obj.mtime)
             async with limiter:
                 info = await self.backend.copy(obj.key, new_key)
             if meta is not None:  # the copy keeps the metadata: so does our memory of it
-                self._memo(new_key, "dir" if is_marker else info.etag, meta)
+                if is_marker:
+                    self._memo(new_key, "dir", meta)
+                else:
+                    self._memo(new_key, info.etag, meta, info.mtime)
 
         await run_all(copy_one, objects)
         if prefix not in keys:

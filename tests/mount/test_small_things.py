@@ -3,11 +3,12 @@ moves the background daemon's log."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.mount.harness import LOCAL, MountFactory, is_mounted, ok
+from tests.mount.harness import LOCAL, S3, MountFactory, is_mounted, ok
 from tests.mount.stores import Store
 from tests.test_cli_errors import storagefs
 
@@ -63,3 +64,33 @@ def test_cache_dir_flag_moves_the_log(
     ok(f"echo hi > {mp}/f")
     assert storagefs("unmount", str(mp)).returncode == 0
     assert not is_mounted(mp)
+
+
+@pytest.mark.parametrize("store", [S3, LOCAL], indirect=True)
+def test_a_chmod_on_one_machine_shows_on_another(
+    store: Store, mount: MountFactory, tmp_path: Path
+) -> None:
+    """Two machines on one bucket: S3 keeps the etag when the first one chmods a file (a
+    copy onto itself with new metadata), and the second one, which remembers the old mode,
+    must see the new one once its attributes expire (STORAGEFS_METADATA_TTL, 5 s by default)."""
+    one = mount(store, mountpoint=tmp_path / "one", cache_dir=tmp_path / "c1")
+    two = mount(store, mountpoint=tmp_path / "two", cache_dir=tmp_path / "c2")
+    one.ok("echo hello > f && chmod 644 f")
+
+    def mode_in_listing() -> str:  # ls -l of the directory: the listing's remembered modes
+        (line,) = [ln for ln in two.ok("ls -l").splitlines() if ln.endswith(" f")]
+        return line.split()[0]
+
+    assert mode_in_listing() == "-rw-r--r--"  # remembered by the second machine
+    time.sleep(1.5)  # a later second of the store's clock than the write's
+    one.ok("chmod 755 f")
+    deadline = time.monotonic() + 20
+    mode = ""
+    while time.monotonic() < deadline:
+        mode = mode_in_listing()
+        if mode == "-rwxr-xr-x":
+            break
+        time.sleep(0.5)
+    assert mode == "-rwxr-xr-x"
+    assert two.ok("stat -c %a f").strip() == "755"
+    assert two.ok("cat f") == "hello\n"
