@@ -422,18 +422,17 @@ class Filesystem:
         limiter = trio.CapacityLimiter(self.options.listing_head_parallelism)
 
         async def head(key: str, etag: str | None) -> None:
+            mtime: float | None = None  # directory markers are remembered without a time
             async with limiter:
                 try:
                     info = await self.backend.stat(key)
                 except NotFound:  # an implicit directory: no marker, nothing stored
                     meta: Mapping[str, str] = {}
-                    mtime = None
                 except BackendError as exc:
                     log.debug("no metadata for %s: %s", key, exc)
                     return
                 else:
                     meta = info.metadata or {}
-                    mtime = None
                     if etag != "dir":
                         etag, mtime = info.etag, info.mtime
             self.meta.put(key, etag, meta, mtime)
