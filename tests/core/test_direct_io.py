@@ -18,8 +18,9 @@ SIZE = 2 * direct_io.BOUNCE_BYTES + 3 * direct_io.ALIGN  # three pieces, the las
 def direct(tmp_path: Path) -> Iterator[tuple[int, int]]:
     fd = os.open(tmp_path / "staging", os.O_CREAT | os.O_RDWR, 0o600)
     direct = direct_io.open_direct(fd)
-    # This machine's /tmp is ext4; a file system without direct I/O must say so with None.
-    assert direct is not None, "no O_DIRECT in the test directory's file system"
+    if direct is None:  # tmpfs before Linux 6.6: skipped here, a failure in CI (.ci/run)
+        os.close(fd)
+        pytest.skip("the test directory's file system has no O_DIRECT")
     yield fd, direct
     os.close(direct)
     os.close(fd)
