@@ -2,9 +2,10 @@
 
 Writes never go to the store byte by byte: the first write (or truncate) of a file fills a local
 staging file — empty for new or truncated files, a full download otherwise — and flush/fsync
-upload it whole. Reads of a clean file are ranged GETs of ``chunk`` bytes; a sequential reader
-gets the next ``ahead`` chunks fetched in parallel, and chunks behind it are dropped, so memory
-per reader stays at (ahead + 2) chunks whatever the file size.
+upload it whole (a new file written sequentially is uploaded in parts while it is written:
+storagefs/fs/streaming.py). Reads of a clean file are ranged GETs of ``chunk`` bytes; a
+sequential reader gets the next ``ahead`` chunks fetched in parallel, and chunks behind it are
+dropped, so memory per reader stays at (ahead + 2) chunks whatever the file size.
 """
 
 from __future__ import annotations
