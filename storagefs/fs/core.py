@@ -82,6 +82,9 @@ RELIST_MAX_ENTRIES = 2 * LIST_PAGE
 # Small files whose content a lookup fetched, kept until their first read (bounded memory:
 # at most PEEKED_FILES x peek_bytes).
 PEEKED_FILES = 256
+# A lookup's HEAD that has not answered after this many seconds gets the directory probe
+# beside it (see _resolve): far above a HEAD's usual latency, far below a hedge of a hung store.
+PROBE_DIR_AFTER = 0.25
 # Where the data of files whose upload failed goes when the mount gives up on them (unmount):
 # below the staging directory, one file per abandoned upload, never deleted by the mount.
 ABANDONED_DIR = "abandoned"
@@ -558,10 +561,27 @@ class Filesystem:
                     dir_marker = page.objects[0]
 
         # A HEAD first: most names are files, and one request beats two in parallel on a
-        # busy store. Only when it finds no file is "name/" listed to see a directory.
-        await head()
-        if file_info is None:
-            await probe_dir()
+        # busy store. Only when it finds no file is "name/" listed to see a directory, or
+        # when the HEAD is slow: a hung primary's "not found" takes its whole first-byte
+        # timeout (the secondary's may not overrule it sooner), a directory does not wait
+        # for it (found, it wins over a file of the same name, as in a listing).
+        async with trio.open_nursery() as nursery:
+            head_done = trio.Event()
+
+            async def probe_when_needed() -> None:
+                with trio.move_on_after(PROBE_DIR_AFTER):
+                    await head_done.wait()
+                if file_info is not None:
+                    return
+                await probe_dir()
+                if is_dir:
+                    nursery.cancel_scope.cancel()  # whatever the HEAD is still waiting for
+
+            nursery.start_soon(probe_when_needed)
+            await head()
+            head_done.set()
+            if file_info is not None:
+                nursery.cancel_scope.cancel()  # a file: a probe the slow HEAD started ends
         # One answer is enough: when every remote is down the cache may know the directory
         # (from the files below it) but not the marker, or the file but not the listing.
         if is_dir:

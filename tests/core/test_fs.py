@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from storagefs.backends.base import META_MODE, META_MTIME, TransientError
+from storagefs.backends.base import META_MODE, META_MTIME, ObjectInfo, TransientError
 from storagefs.fs.core import RENAME_NOREPLACE, Filesystem
 from storagefs.fs.errors import FSError
 from storagefs.fs.health_router import HealthRouter
@@ -561,3 +561,39 @@ async def test_an_expired_small_listing_is_fetched_again_whole(
         await fs.lookup(dino, "absent")
     assert sorted(c[0] for c in backend.calls) == ["list", "stat"]
     fs.close()
+
+
+class HeadsHang(MemoryBackend):
+    """A store whose HEADs and GETs of some names never answer (as a hung primary's, while
+    its secondary's "not found" must wait for them); listings answer."""
+
+    def __init__(self, hanging: set[str]) -> None:
+        super().__init__()
+        self.hanging = hanging
+
+    async def stat(self, key: str) -> ObjectInfo:
+        if key in self.hanging:
+            await trio.sleep_forever()
+        return await super().stat(key)
+
+    async def read(self, key: str, offset: int, length: int) -> bytes:
+        if key in self.hanging:
+            await trio.sleep_forever()
+        return await super().read(key, offset, length)
+
+
+async def test_a_directory_is_found_while_the_head_of_its_name_hangs(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    backend = HeadsHang({"d", "f"})
+    backend.objects["d/x"] = (b"x", {}, 1.0)
+    backend.objects["f"] = (b"file", {}, 1.0)
+    fs = make_fs(backend, tmp_path)
+    fs.attach(nursery)
+    with trio.fail_after(5):  # without the probe beside the HEAD: never
+        d = await fs.getattr(await resolve(fs, "d"))
+    assert stat.S_ISDIR(d.attrs.mode)
+    # A file still needs its HEAD: the probe finds no directory and leaves the answer to it.
+    backend.hanging.clear()
+    f = await fs.getattr(await resolve(fs, "f"))
+    assert stat.S_ISREG(f.attrs.mode) and f.attrs.size == 4
