@@ -44,15 +44,17 @@ class MetadataCache:
         self._db = sqlite3.connect(str(path) if path else ":memory:", check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=OFF")
+        # stamp: the newest last-modified time (whole seconds) the entry describes; local: 1
+        # when that is this machine's time of a write plus CLOCK_SLACK, not the store's.
         self._db.execute(
-            "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, etag TEXT, meta TEXT)"
+            "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, etag TEXT, meta TEXT,"
+            " stamp INTEGER, local INTEGER NOT NULL DEFAULT 0)"
         )
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(meta)")}
         if "stamp" not in columns:
             # A cache from before the time check: its entries have no stamp (NULL) and take
             # the time of the first listing that shows them.
             self._db.execute("ALTER TABLE meta ADD COLUMN stamp INTEGER")
-            # 1: stamp is this machine's time of a write plus the slack, not the store's.
             self._db.execute("ALTER TABLE meta ADD COLUMN local INTEGER NOT NULL DEFAULT 0")
             self._db.commit()
 
