@@ -1428,17 +1428,14 @@ class Filesystem:
         async def copy_one(obj: ObjectInfo) -> None:
             new_key = dst + "/" + obj.key[len(prefix) :]
             is_marker = obj.key.endswith("/")
-            if is_marker:
-                meta = self.meta.get(obj.key, "dir", None)
-            else:
-                meta = self.meta.get(obj.key, obj.etag, obj.mtime)
+            # Directory markers are remembered under the etag "dir", with no time.
+            etag, mtime = ("dir", None) if is_marker else (obj.etag, obj.mtime)
+            meta = self.meta.get(obj.key, etag, mtime)
             async with limiter:
                 info = await self.backend.copy(obj.key, new_key)
             if meta is not None:  # the copy keeps the metadata: so does our memory of it
-                if is_marker:
-                    self._memo(new_key, "dir", meta)
-                else:
-                    self._memo(new_key, info.etag, meta, info.mtime)
+                etag, mtime = ("dir", None) if is_marker else (info.etag, info.mtime)
+                self._memo(new_key, etag, meta, mtime)
 
         await run_all(copy_one, objects)
         if prefix not in keys:

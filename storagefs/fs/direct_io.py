@@ -74,8 +74,9 @@ def preadinto(fd: int, buffer: bytearray, offset: int) -> int:
     got = 0
     while got < len(buffer):
         want = min(BOUNCE_BYTES, len(buffer) - got)
-        read = os.preadv(fd, [memoryview(bounce)[:want]], offset + got)
-        buffer[got : got + read] = bounce[:read]
+        view = memoryview(bounce)
+        read = os.preadv(fd, [view[:want]], offset + got)
+        buffer[got : got + read] = view[:read]  # one copy: no bytes object in between
         got += read
         if read < want:
             break

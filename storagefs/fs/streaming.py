@@ -68,18 +68,20 @@ class PartStream:
         # as this stream had in flight at once; dropped with the stream.
         self._spare: list[bytearray] = []
         # Past the first part (a file this big is a big one), aligned writes go to the staging
-        # file around the page cache and parts are read back the same way. Opened by the first
-        # such write; None before, after the stream, or where the file system has no direct I/O.
+        # file around the page cache and parts are read back the same way, until a write there
+        # goes through the cache (see _cached_writes). Opened by the first such write; None
+        # before, after the stream, or where the file system has no direct I/O.
         self._direct: int | None = None
         self._direct_tried = False
         # A write past the first part went through the page cache (unaligned, or direct I/O
-        # refused): read parts through it too, or each direct read would first have to wait
-        # for the kernel to write those pages back.
+        # refused): the rest of the stream uses the cache too, writes and part reads (a
+        # direct read would first have to wait for the kernel to write those pages back).
         self._cached_writes = False
 
     def write(self, offset: int, data: bytes) -> int:
         """Write ``data`` at ``offset`` of the staging file; the bytes written."""
-        if offset >= self._part_size and direct_io.aligned(offset, len(data)):
+        direct = not self._cached_writes and offset >= self._part_size
+        if direct and direct_io.aligned(offset, len(data)):
             fd = self._direct_fd()
             if fd is not None:
                 try:
@@ -88,10 +90,9 @@ class PartStream:
                     if exc.errno != errno.EINVAL:
                         raise
                     # The file system opened it but refuses this I/O (an alignment it wants
-                    # larger, say): the page cache for the rest of this stream.
+                    # larger, say): the page cache, below, for the rest of this stream.
                     log.debug("%s: no direct I/O for the staging file: %s", self.key, exc)
-                    self._direct_tried, done = True, 0
-                    self._close_direct()
+                    done = 0
                 if done == len(data):
                     return done
                 # A full disk takes fewer: the page cache path says so with its own error.

@@ -4,6 +4,7 @@ anything else falls back to uploading the staging file whole. Counted in backend
 from __future__ import annotations
 
 import ctypes
+import errno
 import mmap
 import os
 import time
@@ -308,7 +309,8 @@ async def test_unaligned_writes_among_direct_ones_reach_the_store_in_order(
     data = os.urandom(4 * PART + 3000)
     fh, _ = await fs.create(ROOT_INODE, "mixed", 0o644, os.O_WRONLY, 0, 0)
     # Two parts of aligned writes (the second one direct), then 1,000 bytes and 3,096 more
-    # (through the cache), then aligned again (direct again), and an unaligned tail.
+    # (through the cache, and so is the rest), aligned again, and an unaligned tail: the
+    # parts read back must see the direct and the cached bytes alike.
     steps = [16 * 1024] * (2 * PART // (16 * 1024)) + [1000, 3096] + [16 * 1024] * 8
     offset = 0
     for step in [*steps, len(data)]:
@@ -317,6 +319,28 @@ async def test_unaligned_writes_among_direct_ones_reach_the_store_in_order(
     await fs.flush(fh)
     await fs.release(fh)
     assert backend.objects["mixed"][0] == data
+
+
+async def test_direct_io_refused_once_is_not_tried_again_and_loses_nothing(
+    streaming: tuple[Filesystem, StreamingMemory], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file system that opens O_DIRECT but refuses the I/O (EINVAL): that write and the
+    rest of the stream go through the page cache, and the store gets every byte."""
+    fs, backend = streaming
+    tries: list[int] = []
+
+    def refuse(fd: int, data: bytes, offset: int) -> int:
+        tries.append(offset)
+        raise OSError(errno.EINVAL, "refused")
+
+    monkeypatch.setattr(direct_io, "pwrite", refuse)
+    data = os.urandom(4 * PART + 100)
+    fh, _ = await fs.create(ROOT_INODE, "f", 0o644, os.O_WRONLY, 0, 0)
+    await write_sequentially(fs, fh, data)
+    await fs.flush(fh)
+    await fs.release(fh)
+    assert tries == [PART]
+    assert backend.objects["f"][0] == data
 
 
 class SlowToAssemble(StreamingMemory):
