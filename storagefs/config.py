@@ -16,6 +16,8 @@ import platformdirs
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from storagefs import sizes
+
 
 class ConfigError(Exception):
     """A configuration problem, phrased for the user (one line)."""
@@ -103,8 +105,8 @@ class Settings(BaseSettings):
     )
 
     # --- transfers -----------------------------------------------------------------------
-    multipart_threshold: int = Field(default=16 * 1024 * 1024, ge=5 * 1024 * 1024)
-    multipart_chunksize: int = Field(default=16 * 1024 * 1024, ge=5 * 1024 * 1024)
+    multipart_threshold: int = Field(default=sizes.MULTIPART_THRESHOLD, ge=5 * sizes.MIB)
+    multipart_chunksize: int = Field(default=sizes.MULTIPART_CHUNK, ge=5 * sizes.MIB)
     transfer_concurrency: int = Field(
         default=8, ge=1, le=64, description="Parallel parts of one upload/download."
     )
@@ -112,7 +114,7 @@ class Settings(BaseSettings):
         default=32, ge=1, le=512, description="Requests in flight per backend."
     )
     read_chunk_size: int = Field(
-        default=8 * 1024 * 1024, ge=64 * 1024, description="Size of one ranged GET when reading."
+        default=sizes.READ_CHUNK, ge=64 * 1024, description="Size of one ranged GET when reading."
     )
     # 8 rather than 4: a cold 256 MiB read on s3rver, median of 5, 714 -> 588 ms (boto3's
     # download_file has 10 ranges in flight); read_budget still bounds all readers together.

@@ -121,7 +121,12 @@ class Backend(Protocol):
         ...
 
     async def download(self, key: str, dest: str) -> ObjectInfo:
-        """The whole object into the local file ``dest`` (parallel ranged reads when large)."""
+        """The whole object into the local file ``dest`` (parallel ranged reads when large).
+
+        Written in place: ``dest`` stays the same file (inode), truncated and filled, never
+        replaced by a renamed temporary file, so a descriptor opened on it before the call
+        sees the content (the core's staging files are opened first; issue #21 was a
+        download that renamed over one, so the open handle wrote into an unlinked file)."""
         ...
 
     async def write(self, key: str, source: str, metadata: Mapping[str, str]) -> ObjectInfo:

@@ -375,9 +375,15 @@ class S3Backend:
         def get_parallel() -> None:
             # Given the size and ETag, the transfer manager skips its own HEAD and adds
             # If-Match to each ranged GET (its single-GET path would not: hence get_small).
+            # A file object, not the name: given a name, s3transfer downloads into a
+            # temporary file and renames it over ``dest``, and the contract is in place.
+            # Its one I/O thread seeks and writes the ranges as they arrive.
             known = _KnownObject(info.size, etag)
-            with create_transfer_manager(self._client, self._transfer) as manager:
-                manager.download(self.bucket, full, dest, subscribers=[known]).result()
+            with (
+                open(dest, "wb") as out,
+                create_transfer_manager(self._client, self._transfer) as manager,
+            ):
+                manager.download(self.bucket, full, out, subscribers=[known]).result()
 
         small = info.size < self._multipart_threshold
         await self._call("download", key, get_small if small else get_parallel)

@@ -36,6 +36,7 @@ from typing import Generic, TypeVar
 
 import trio
 
+from storagefs import sizes
 from storagefs.backends.base import (
     Backend,
     BackendError,
@@ -63,7 +64,7 @@ log = logging.getLogger("storagefs.chain")
 _NOT_ANSWERING = (BackendUnavailable, TransientError)
 CACHE = "cache"  # the name the local copies go by in listing tokens
 CACHE_QUEUE = 256  # small direct writes waiting to be copied into the cache
-SMALL_CACHE_COPY = 1024 * 1024  # larger direct writes are not copied into the cache
+SMALL_CACHE_COPY = sizes.SMALL_CACHE_COPY  # larger direct writes are not copied into the cache
 # Cache upkeep with nothing queued behind it waits this long first: the call that caused it (a
 # lookup, a close) is followed within a millisecond by the same program's next one (open, read,
 # the next create), which a cache write would slow down by competing for the GIL and the CPU.

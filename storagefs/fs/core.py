@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 import trio
 
+from storagefs import sizes
 from storagefs.backends.base import (
     Backend,
     BackendError,
@@ -46,6 +47,8 @@ from storagefs.fs.files import (
     OpenFile,
     ReadBudget,
     StagingFiles,
+    check_same_file,
+    same_file_or_reopened,
 )
 from storagefs.fs.inodes import ROOT_INODE, InodeTable, Node
 from storagefs.fs.links import HardLinks
@@ -76,7 +79,7 @@ MAX_FILE_SIZE = 5 * 1024**4
 # Directories whose changed times the mount keeps (see _touch_dir).
 DIR_TIMES_MAX = 100_000
 # A file unlinked while open only for reading keeps a local copy up to this size.
-KEEP_OPEN_MAX = 64 * 1024**2
+KEEP_OPEN_MAX = sizes.KEEP_OPEN_MAX
 # An expired listing this small is fetched again whole rather than probed name by name.
 RELIST_MAX_ENTRIES = 2 * LIST_PAGE
 # Small files whose content a lookup fetched, kept until their first read (bounded memory:
@@ -95,7 +98,7 @@ class FsOptions:
     staging_dir: Path
     metadata_ttl: float = 5.0
     read_only: bool = False
-    read_chunk_size: int = 8 * 1024 * 1024
+    read_chunk_size: int = sizes.READ_CHUNK
     readahead_chunks: int = 8
     # Read chunks held or in flight across all open files together (see ReadBudget).
     read_budget: int = 128 * 1024 * 1024
@@ -113,10 +116,10 @@ class FsOptions:
     listing_head_parallelism: int = 32
     # A cold lookup reads this many bytes with the attributes; files up to this size are then
     # read without another request.
-    peek_bytes: int = 64 * 1024
+    peek_bytes: int = sizes.PEEK_BYTES
     # Files written sequentially are uploaded in parts of this size while they are written
     # (storagefs/fs/streaming.py), at most stream_parallelism parts at a time in all.
-    stream_part_size: int = 16 * 1024 * 1024
+    stream_part_size: int = sizes.MULTIPART_CHUNK
     stream_parallelism: int = 8
 
 
@@ -998,6 +1001,7 @@ class Filesystem:
             if not truncate and ofile.node.attrs.size > 0:
                 assert ofile.node.key is not None
                 info = await self.backend.download(ofile.node.key, name)
+                fd = same_file_or_reopened(fd, staging)
                 ofile.node.etag = info.etag
         except BaseException:
             self.staging.give(fd, staging)
@@ -1193,6 +1197,13 @@ class Filesystem:
             assert key is not None
             version = ofile.version
             meta = node.attrs.to_metadata() if node.link is None else self.links.metadata(node)
+            if ofile.fd is not None:
+                try:
+                    check_same_file(ofile.fd, ofile.staging)  # the name is what gets sent
+                except OSError as exc:
+                    ofile.failed = errno.EIO
+                    log.error("upload of %s refused: %s", node.path, exc.strerror)
+                    raise FSError(errno.EIO, f"upload of {node.path}: {exc.strerror}") from exc
             ofile.uploading = True
             try:
                 info = await self._write_whole_or_streamed(ofile, key, meta)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import errno
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -21,6 +23,8 @@ import trio
 from storagefs.backends.base import Backend
 from storagefs.fs.inodes import Node
 from storagefs.fs.streaming import PartStream
+
+log = logging.getLogger("storagefs.fs")
 
 
 class FileState(enum.Enum):
@@ -83,6 +87,33 @@ class OpenFile:
             os.close(fd)
         if path is not None:
             path.unlink(missing_ok=True)
+
+
+def same_file_or_reopened(fd: int, path: Path) -> int:
+    """``fd`` while it still is the file named ``path``; else a descriptor of the file named
+    so now, the old one closed.
+
+    Called after a download into ``path``: the backends write in place (the contract), but a
+    download that renamed a temporary file over ``path`` would leave the handle writing into
+    an unlinked file while every upload reads the name, and each change would vanish with
+    success returned (issue #21). Two local stats are the price of never meeting that again."""
+    if _same_file(fd, path):
+        return fd
+    log.warning("the download replaced staging file %s: reopened", path.name)
+    new = os.open(path, os.O_RDWR)
+    os.close(fd)
+    return new
+
+
+def check_same_file(fd: int, path: Path) -> None:
+    """Raise unless ``fd`` is the file named ``path`` (what an upload by name will send)."""
+    if not _same_file(fd, path):
+        raise OSError(errno.EIO, f"staging file {path.name} is not the open file any more")
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    held, named = os.fstat(fd), path.stat()
+    return (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino)
 
 
 class StagingFiles:

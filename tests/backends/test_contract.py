@@ -237,6 +237,29 @@ async def test_large_object_multipart_and_download(
     assert hashlib.sha256(dest.read_bytes()).digest() == hashlib.sha256(data).digest()
 
 
+@pytest.mark.parametrize("size", [5 * MiB - 1, 5 * MiB, 5 * MiB + 1, 11 * MiB + 7])
+async def test_download_writes_in_place(backend: Backend, size: int, tmp_path: Path) -> None:
+    """The contract (base.py): ``dest`` stays the same file, on both sides of the multipart
+    threshold (5 MiB here): a descriptor opened on it first reads the object through it. A
+    download that renamed a temporary file over ``dest`` lost every later change made
+    through the core's staging descriptor (issue #21)."""
+    data = os.urandom(size)
+    await backend.write("obj", _file(tmp_path, data), META)
+    dest = tmp_path / "staging"
+    dest.write_bytes(b"old content, longer than nothing")
+    fd = os.open(dest, os.O_RDWR)
+    try:
+        before = os.fstat(fd)
+        await backend.download("obj", str(dest))
+        after = dest.stat()
+        assert (after.st_dev, after.st_ino) == (before.st_dev, before.st_ino), "dest replaced"
+        assert os.fstat(fd).st_size == size
+        got = os.pread(fd, size + 1, 0)
+    finally:
+        os.close(fd)
+    assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
+
+
 async def test_download_small(backend: Backend, tmp_path: Path) -> None:
     await backend.write_bytes("s", b"tiny", {META_UID: "7"})
     dest = tmp_path / "out"
