@@ -9,6 +9,7 @@ mount; a second round changes the files the first round wrote through the mount.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import random
@@ -164,3 +165,28 @@ def test_a_sqlite_database_larger_than_every_threshold(
         assert updated == rows, f"{updated} of {rows} updated rows survived the remount"
     finally:
         db.close()
+
+
+@pytest.mark.parametrize("store", [S3], indirect=True)
+def test_a_file_unlinked_while_open_for_reading_on_both_sides_of_keep_open_max(
+    store: Store, mount: MountFactory, tmpfs: Path
+) -> None:
+    """Up to keep_open_max the mount keeps a copy (read whole, as on ext4); above it a read
+    may answer ENOENT (docs/SEMANTICS.md), but never other bytes than the file's."""
+    limit = sizes.boundaries()["keep_open_max"]
+    rnd = random.Random(64)
+    contents = {f"f{size}": rnd.randbytes(size) for size in (limit - 1, limit + 1)}
+    store.put_many(contents.items())
+    m = mount(store, cache_dir=tmpfs / "cache")
+    for name, data in contents.items():
+        with open(m.path / name, "rb") as f:
+            head = f.read(4096)
+            os.unlink(m.path / name)
+            try:
+                got = head + f.read()
+            except OSError as exc:
+                assert len(data) > limit, f"{name}: {exc} below the limit"
+                assert exc.errno == errno.ENOENT, exc
+                continue
+        assert digest(got) == digest(data), f"{name}: other bytes read after the unlink"
+        assert not (m.path / name).exists()
