@@ -216,7 +216,7 @@ def _fusermount(*args: str | Path) -> int:
 
 
 def _is_mounted(path: Path) -> bool:
-    from storagefs.cli.mounts_table import is_mounted
+    from storagefs.mounts_table import is_mounted
 
     return is_mounted(path)
 

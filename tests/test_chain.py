@@ -686,7 +686,7 @@ async def test_a_remote_that_just_failed_is_asked_last(tmp_path: Path) -> None:
 async def test_replay_runs_under_the_journal_entry_id(tmp_path: Path) -> None:
     """Backend calls (and their retries' log lines) made while replaying an entry carry the
     correlation id journal-<seq>; the telemetry hook wraps each replay."""
-    from storagefs.observability.logs import request_id
+    from storagefs.context import request_id
 
     seen: list[str | None] = []
 

@@ -39,12 +39,12 @@ from storagefs.backends.s3 import S3Backend
 from storagefs.chain.cache import CacheStats
 from storagefs.chain.fallback import ChainStatus, FallbackChain, RemoteView
 from storagefs.cli.main import main
-from storagefs.cli.mounts_table import storagefs_mounts
 from storagefs.cli.probe import ProbeError, default_mountpoint
 from storagefs.config import Settings
 from storagefs.devtools.emulators import free_port
 from storagefs.journal.replay import TargetSnapshot
 from storagefs.journal.store import JournalStats, TargetBacklog
+from storagefs.mounts_table import storagefs_mounts
 from storagefs.observability import metric_names as m
 from storagefs.observability.health import (
     CoreFigures,

@@ -23,8 +23,9 @@ import trio
 import trio.testing
 
 from storagefs.backends.base import Backend, BackendUnavailable, NotFound, TransientError
+from storagefs.context import correlation
 from storagefs.observability import metric_names as m
-from storagefs.observability.logs import correlation, setup_logging
+from storagefs.observability.logs import setup_logging
 from storagefs.observability.telemetry import (
     BacklogSampler,
     InstrumentedBackend,

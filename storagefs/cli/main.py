@@ -17,8 +17,8 @@ import click
 
 from storagefs import exit_codes
 from storagefs.backends.base import BackendError
-from storagefs.cli.mounts_table import is_mounted
 from storagefs.config import ConfigError, Settings, load_settings
+from storagefs.mounts_table import is_mounted
 
 MOUNT_WAIT_SECONDS = 30.0
 
@@ -48,7 +48,7 @@ def settings_from(**overrides: object) -> Settings:
         fail(str(exc))
 
 
-_ARGV = "storagefs.argv"
+_ARGV = "storagefs_argv"  # the key of the raw arguments in click's context.meta
 
 
 class _Commands(click.Group):
@@ -389,7 +389,8 @@ def list_mounts(as_json: bool, timeout: float) -> None:
 def _only_mount() -> Path:
     """The one storagefs mount for ``storagefs health`` without an argument. Several: a usage
     error (64), never "down" (2). None: exit 2, as for a mount that does not answer."""
-    from storagefs.cli import mounts_table, probe
+    from storagefs import mounts_table
+    from storagefs.cli import probe
 
     try:
         found = mounts_table.storagefs_mounts()

@@ -1,7 +1,7 @@
 """``storagefs list``: every live storagefs mount, its backends and its health, one line each.
 
 The mounts come from /proc/self/mounts (type ``fuse.storagefs``), the rest from each mount's
-``/.health`` files, read by :func:`storagefs.probe.read_health` so that a hung mount costs
+``/.health`` files, read by :func:`storagefs.cli.probe.read_health` so that a hung mount costs
 ``timeout`` seconds and shows as not answering instead of hanging the listing.
 """
 
@@ -13,8 +13,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from storagefs.cli import mounts_table, probe
-from storagefs.cli.mounts_table import MOUNTS_FILE
+from storagefs import mounts_table
+from storagefs.cli import probe
+from storagefs.mounts_table import MOUNTS_FILE
 
 
 @dataclasses.dataclass(frozen=True)

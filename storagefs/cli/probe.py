@@ -17,9 +17,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from storagefs import exit_codes
-from storagefs.cli import mounts_table
-from storagefs.cli.mounts_table import MOUNTS_FILE
+from storagefs import exit_codes, mounts_table
+from storagefs.mounts_table import MOUNTS_FILE
 
 HEALTH_DIR = ".health"
 

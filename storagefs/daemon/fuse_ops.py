@@ -17,11 +17,11 @@ from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
 
+from storagefs.context import correlation
 from storagefs.fs.errors import FSError
 from storagefs.fs.health_router import HealthRouter
 from storagefs.fs.inodes import Node
 from storagefs.fs.names import decode_name, encode_name
-from storagefs.observability.logs import correlation
 
 log = logging.getLogger("storagefs.fuse")
 

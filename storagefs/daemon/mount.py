@@ -6,7 +6,6 @@ SIGTERM end the FUSE loop, dirty files are uploaded, and the mount is removed on
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import signal
@@ -21,12 +20,12 @@ from storagefs.backends.base import ConfigurationError
 from storagefs.chain.fallback import FallbackChain
 from storagefs.config import Settings
 from storagefs.daemon.fuse_ops import StorageOperations
-from storagefs.daemon.stack import Stack, build_stack
 from storagefs.fs.core import Filesystem, FsOptions
 from storagefs.fs.health_router import HealthRouter
 from storagefs.fs.names import bad_keys_seen
 from storagefs.observability.health import CoreFigures
 from storagefs.observability.telemetry import BacklogSampler
+from storagefs.stack import open_stack
 from storagefs.sync.reconcile import daemon_syncer
 
 log = logging.getLogger("storagefs.mount")
@@ -95,66 +94,43 @@ async def serve(
 ) -> None:
     read_only = read_only or settings.read_only or "ro" in set(extra_options)
     cache = prepare_cache_dir(settings)
-    stack = build_stack(settings, cache)
-    chain = stack.chain
-    await trio.to_thread.run_sync(stack.telemetry.start)
-    await chain.open()
-    _refuse_unusable_start(stack)
-    fs = Filesystem(chain, fs_options(settings, cache, read_only))
-    stack.health.core = lambda: CoreFigures(
-        dirty_files=fs.dirty_files,
-        invalid_keys=bad_keys_seen(),
-        failed_uploads=fs.failed_files,
-        abandoned_uploads=fs.abandoned_uploads,
-    )
-    fs.journal_room = lambda: chain.journal.max_bytes - chain.journal.stats().pending_bytes
-    syncer = daemon_syncer(chain, settings, cache)
-    if syncer is not None:
-        stack.health.sync = syncer.snapshot
-    routed = HealthRouter(fs, stack.health.files)
-    ops = StorageOperations(routed, on_unexpected=stack.telemetry.notice_error)
-    options = fuse_options(extra_options, read_only, settings.default_permissions)
-    pyfuse3.init(ops, str(mountpoint), options)
-    log.info("mounted %s on %s", chain.describe(), mountpoint)
-    sampler = BacklogSampler(stack.telemetry, lambda: _backlog(chain))
-    try:
-        async with trio.open_nursery() as nursery:
-            fs.attach(nursery)
-            await nursery.start(chain.run)
-            nursery.start_soon(sampler.run)
-            nursery.start_soon(_stop_on_signal)
-            if syncer is not None:
-                nursery.start_soon(syncer.run)
-                nursery.start_soon(syncer.kick_on_signal)
-            await pyfuse3.main()
-            nursery.cancel_scope.cancel()
-    finally:
-        with trio.CancelScope(shield=True):
-            await _upload_dirty(fs)
-            chain.stop()
-            sampler.stop()
-        pyfuse3.close(unmount=True)
-        fs.close()
-        with trio.CancelScope(shield=True), contextlib.suppress(Exception):
-            await chain.close()
-        stack.telemetry.shutdown()
-        log.info("unmounted %s", mountpoint)
-
-
-def _refuse_unusable_start(stack: Stack) -> None:
-    """A lone backend that does not answer, with nothing journaled, is a configuration
-    mistake (wrong endpoint, network down): say so instead of mounting an empty directory.
-    With a secondary, or journaled work to replay, the mount starts degraded instead."""
-    chain = stack.chain
-    if len(chain.remotes) > 1 or not chain.journal.drained():
-        return
-    primary = chain.remotes[0]
-    seen = chain.state_of[primary.name]
-    if seen.reachable is False:
-        reason = (seen.last_error_text() or "no answer").removeprefix("TransientError: ")
-        if not reason.startswith("cannot reach"):
-            reason = f"cannot reach {primary.describe()}: {reason}"
-        raise ConfigurationError(reason)
+    async with open_stack(settings, cache, serves_offline=True) as stack:
+        chain = stack.chain
+        fs = Filesystem(chain, fs_options(settings, cache, read_only))
+        stack.health.core = lambda: CoreFigures(
+            dirty_files=fs.dirty_files,
+            invalid_keys=bad_keys_seen(),
+            failed_uploads=fs.failed_files,
+            abandoned_uploads=fs.abandoned_uploads,
+        )
+        fs.journal_room = lambda: chain.journal.max_bytes - chain.journal.stats().pending_bytes
+        syncer = daemon_syncer(chain, settings, cache)
+        if syncer is not None:
+            stack.health.sync = syncer.snapshot
+        routed = HealthRouter(fs, stack.health.files)
+        ops = StorageOperations(routed, on_unexpected=stack.telemetry.notice_error)
+        options = fuse_options(extra_options, read_only, settings.default_permissions)
+        pyfuse3.init(ops, str(mountpoint), options)
+        log.info("mounted %s on %s", chain.describe(), mountpoint)
+        sampler = BacklogSampler(stack.telemetry, lambda: _backlog(chain))
+        try:
+            async with trio.open_nursery() as nursery:
+                fs.attach(nursery)
+                await nursery.start(chain.run)
+                nursery.start_soon(sampler.run)
+                nursery.start_soon(_stop_on_signal)
+                if syncer is not None:
+                    nursery.start_soon(syncer.run)
+                    nursery.start_soon(syncer.kick_on_signal)
+                await pyfuse3.main()
+                nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                await _upload_dirty(fs)  # before the stack stops: uploads go through it
+                sampler.stop()
+            pyfuse3.close(unmount=True)
+            fs.close()
+    log.info("unmounted %s", mountpoint)
 
 
 def _backlog(chain: FallbackChain) -> tuple[int, int]:

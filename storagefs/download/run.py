@@ -12,7 +12,7 @@ How it goes:
    file is skipped and reported. Neither makes the exit code non-zero: no later run could
    download them either.
 4. Parts left by an interrupted run are deleted; files the resume rule calls complete
-   (:meth:`storagefs.download_state.ResumeState.is_complete`) are skipped.
+   (:meth:`storagefs.download.state.ResumeState.is_complete`) are skipped.
 5. Up to ``jobs`` objects at once are downloaded to ``.NAME.storagefs-part`` beside their final
    name, given the object's ``mode`` (permission bits only) and ``mtime`` (from its metadata,
    else the store's last-modified time), and renamed onto the final name, so a final name
@@ -64,8 +64,7 @@ from storagefs.observability.redact import redact
 from storagefs.posix_names import component_problem
 
 if TYPE_CHECKING:
-    from storagefs.chain.fallback import FallbackChain
-    from storagefs.daemon.stack import Stack
+    from storagefs.stack import Stack
 
 log = logging.getLogger("storagefs.download")
 
@@ -478,9 +477,10 @@ class BulkDownload:
 
 @contextlib.asynccontextmanager
 async def opened_stack(settings: Settings) -> AsyncIterator[Stack]:
-    """The daemon's stack for ``settings``, opened (run its ``chain.run`` beside the work),
-    closed on exit. DownloadError when it cannot be used."""
-    from storagefs.daemon.stack import build_stack  # the SDKs load only when a download runs
+    """The stack for ``settings`` in a private working directory, opened and closed by
+    :func:`storagefs.stack.open_stack` (run its ``chain.run`` beside the work). DownloadError
+    when it cannot be used."""
+    from storagefs.stack import open_stack  # the SDKs load only when a download runs
 
     base = settings.cache_dir.expanduser()
     try:
@@ -488,36 +488,19 @@ async def opened_stack(settings: Settings) -> AsyncIterator[Stack]:
         workdir = Path(tempfile.mkdtemp(prefix="download-", dir=base))
     except OSError as exc:
         raise DownloadError(f"cannot use cache directory {base}: {exc.strerror}") from None
+    # No clean copies: a bulk download would only flush the mount's cache with them.
+    private = settings.model_copy(update={"cache_max_bytes": 0})
+    started = False
     try:
-        # No clean copies: a bulk download would only flush the mount's cache with them.
-        private = settings.model_copy(update={"cache_max_bytes": 0})
-        try:
-            stack = build_stack(private, workdir)
-        except (BackendError, ConfigError) as exc:
-            raise DownloadError(str(exc)) from None
-        await trio.to_thread.run_sync(stack.telemetry.start)
-        try:
-            try:
-                await stack.chain.open()
-            except (BackendError, ConfigError) as exc:
-                raise DownloadError(str(exc)) from None
-            _require_a_remote(stack.chain)
+        async with open_stack(private, workdir, serves_offline=False) as stack:
+            started = True
             yield stack
-        finally:
-            stack.chain.stop()
-            with trio.CancelScope(shield=True), contextlib.suppress(Exception):
-                await stack.chain.close()
-            stack.telemetry.shutdown()
+    except (BackendError, ConfigError) as exc:
+        if started:
+            raise  # the work's own error, not the start's
+        raise DownloadError(str(exc)) from None
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _require_a_remote(chain: FallbackChain) -> None:
-    seen = [(r, chain.state_of[r.name]) for r in chain.remotes]
-    if all(state.reachable is False for _, state in seen):
-        remote, state = seen[0]
-        reason = state.last_error_text() or "no answer"
-        raise DownloadError(f"cannot reach {remote.describe()}: {reason}")
 
 
 async def download_with_settings(

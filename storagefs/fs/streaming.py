@@ -14,7 +14,7 @@ Anything else ends the stream and the file is uploaded whole at close from the s
 as before: a write behind the streamed bytes (the writer seeked back), a truncate, a rename, a
 failed part, a store without streaming uploads (Azure, local directories), or a chain that
 would journal the write (a secondary, write-back, the primary not answering: see
-:meth:`storagefs.chain.FallbackChain.start_upload`). An ended stream's upload is aborted.
+:meth:`storagefs.chain.fallback.FallbackChain.start_upload`). An ended stream's upload is aborted.
 """
 
 from __future__ import annotations

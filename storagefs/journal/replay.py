@@ -45,8 +45,8 @@ from storagefs.backends.base import (
     PermissionDenied,
     TransientError,
 )
+from storagefs.context import request_id
 from storagefs.journal.store import ContentCorrupt, Entry, Journal, Op
-from storagefs.observability.logs import request_id
 from storagefs.resilience.stats import RemoteState
 
 log = logging.getLogger("storagefs.replay")

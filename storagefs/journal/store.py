@@ -22,7 +22,7 @@ newest acks, and re-applying an op a target already has is harmless (PUT and DEL
 idempotent, a COPY is replayed before anything later on its keys). Content files of finished
 entries are unlinked only after a later fsync (the next append, :meth:`Journal.close`, or a
 barrier when many are waiting), so a row that a power cut brings back never points at a file
-that is gone. What opening does after a crash is in :mod:`storagefs.journal_recovery`.
+that is gone. What opening does after a crash is in :mod:`storagefs.journal.recovery`.
 
 **Concurrency.** Everything that waits on the disk (an fsync, a content file, a checkpoint) runs
 in ``trio.to_thread.run_sync``; commits without an fsync (acks, held names) run on the trio
@@ -171,7 +171,8 @@ class JournalStats:
 
 
 class Journal:
-    """Durable record of backend mutations, drained by :class:`storagefs.replay.Replayer`."""
+    """Durable record of backend mutations, drained by
+    :class:`storagefs.journal.replay.Replayer`."""
 
     def __init__(
         self,
@@ -216,7 +217,7 @@ class Journal:
     # --- open / close ------------------------------------------------------------------------
 
     async def open(self) -> None:
-        """Create or recover the journal (see :mod:`storagefs.journal_recovery`). Never fails
+        """Create or recover the journal (see :mod:`storagefs.journal.recovery`). Never fails
         on bad entries: they go to quarantine."""
         if self._conn is not None:
             return

@@ -14,7 +14,7 @@ The state rules (docs/HEALTH.md explains them to users):
   served from the local cache and writes land in the journal, but nothing reaches a store.
 * **degraded**: not down, and any of: a remote unavailable; a remote whose last operations
   failed after all retries (``consecutive_failures > 0``) though its breaker is still closed;
-  a remote unwell (the chain asks it last: see :class:`storagefs.backend_stats.RemoteState`);
+  a remote unwell (the chain asks it last: see :class:`storagefs.resilience.stats.RemoteState`);
   the replayer paused for a remote; journal entries a remote has not applied for more than
   ``backlog_age`` seconds; the journal over ``journal_full_ratio`` of its limit; quarantined
   journal entries; reads served stale from the cache within the last ``stale_window`` seconds;

@@ -6,29 +6,22 @@ retries, fallback) sharing one id, instead of lines interleaved with every other
 id is a ``contextvars`` variable, so it follows the request into its trio child tasks and into
 ``trio.to_thread`` workers, and never leaks into a concurrent request.
 
-Every line also passes through :mod:`storagefs.redact` before it is written.
+Every line also passes through :mod:`storagefs.observability.redact` before it is written.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-import itertools
 import json
 import logging
 import re
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from storagefs.context import request_id
 from storagefs.observability.redact import redact
-
-request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "storagefs_request_id", default=None
-)
-_next_id = itertools.count(1)
 
 # Loggers of libraries that are chatty at INFO, or that print request URLs (with SAS tokens)
 # and headers at DEBUG: never below WARNING, whatever level the daemon runs at.
@@ -42,17 +35,6 @@ QUIET_LOGGERS = (
     "msal",
     "newrelic",
 )
-
-
-@contextlib.contextmanager
-def correlation(prefix: str = "req") -> Iterator[str]:
-    """``with correlation("fuse") as rid:`` tags every log line inside with ``fuse-<n>``."""
-    rid = f"{prefix}-{next(_next_id):x}"
-    token = request_id.set(rid)
-    try:
-        yield rid
-    finally:
-        request_id.reset(token)
 
 
 class CorrelationFilter(logging.Filter):

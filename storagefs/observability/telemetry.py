@@ -3,7 +3,7 @@
 Off unless ``NEW_RELIC_LICENSE_KEY`` or ``NEW_RELIC_CONFIG_FILE`` is set: then
 :func:`telemetry_from_environment` returns a :class:`NewRelicTelemetry` that starts the agent;
 otherwise a plain :class:`Telemetry`, whose methods return at once and which never imports the
-agent. Names come from :mod:`storagefs.metric_names` (documented in docs/METRICS.md).
+agent. Names come from :mod:`storagefs.observability.metric_names` (documented in docs/METRICS.md).
 
 Everything is recorded against the *application*, not the current transaction: New Relic keys
 transactions by thread (or asyncio task), and trio runs every task on one thread, so "the

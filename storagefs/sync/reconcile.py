@@ -7,7 +7,7 @@ gap:
 
 1. **Walk.** Both backends are listed recursively (both list in UTF-8 byte order, so the two
    listings are merged as they stream, without holding either in memory) and every primary
-   object is judged by :mod:`storagefs.sync_compare`; objects the listings cannot decide cost
+   object is judged by :mod:`storagefs.sync.compare`; objects the listings cannot decide cost
    one ``stat`` of the secondary. What must be copied is ``behind`` (objects and bytes).
 2. **Copy**, in key order, ``workers`` at a time, paced by ``bytes_per_second``: download from
    the primary into a private temporary file, upload to the secondary with the primary's
@@ -131,7 +131,7 @@ class SyncSnapshot:
 
 
 class Progress(Protocol):
-    """What a display is told (storagefs.download_progress implements it)."""
+    """What a display is told (storagefs.download.progress implements it)."""
 
     def listed(self, objects: int) -> None: ...
 

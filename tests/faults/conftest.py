@@ -18,8 +18,8 @@ import pytest
 
 from storagefs.devtools import emulators
 from storagefs.devtools.emulators import EmulatorProcess
-from storagefs.devtools.faultproxy import FaultProxy
 from tests.conftest import AzureContainer, S3Bucket
+from tests.faultproxy import FaultProxy
 from tests.mount.conftest import mount  # noqa: F401  (H5's factory, reused as is)
 from tests.mount.harness import FUSERMOUNT, Mount, MountFactory
 from tests.mount.stores import AzureStore, S3Store

@@ -18,7 +18,7 @@ import pytest
 
 from storagefs.backends.base import TransientError
 from storagefs.devtools.emulators import free_port
-from storagefs.devtools.faultproxy import FaultProxy, Mode, ProxyError, send_control
+from tests.faultproxy import FaultProxy, Mode, ProxyError, send_control
 
 WAIT = 0.5  # seconds a client waits to conclude "no answer"
 
@@ -201,7 +201,7 @@ def test_command_line_control_port(echo: int) -> None:
     listen, control = free_port(), free_port()
     proc = subprocess.Popen(
         [
-            sys.executable, "-m", "storagefs.devtools.faultproxy",
+            sys.executable, "-m", "tests.faultproxy",
             "--listen", f"127.0.0.1:{listen}", "--target", f"127.0.0.1:{echo}",
             "--control", f"127.0.0.1:{control}",
         ],
@@ -222,7 +222,7 @@ def test_command_line_control_port(echo: int) -> None:
         assert status["mode"] == "pass"
         assert status["listen"] == f"127.0.0.1:{listen}"
         set_refuse = subprocess.run(
-            [sys.executable, "-m", "storagefs.devtools.faultproxy",
+            [sys.executable, "-m", "tests.faultproxy",
              "--control", f"127.0.0.1:{control}", "--set", "refuse"],
             capture_output=True, text=True, timeout=20,
         )  # fmt: skip

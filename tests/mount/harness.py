@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from storagefs.cli.mounts_table import is_mounted
+from storagefs.mounts_table import is_mounted
 
 FUSERMOUNT = shutil.which("fusermount3")
 MOUNT_TIMEOUT = 30.0  # seconds for the mount to appear (imports + backend open)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from storagefs.cli.mounts_table import is_mounted
 from storagefs.devtools.emulators import FAKE_AWS_ENV
+from storagefs.mounts_table import is_mounted
 from tests.mount.harness import MountFactory, ok
 from tests.mount.stores import S3Store, Store
 

@@ -75,7 +75,7 @@ class ProxyError(RuntimeError):
 def _s3_error_body(request_id: str) -> bytes:
     return (
         '<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>ServiceUnavailable</Code>'
-        "<Message>Service Unavailable (injected by storagefs.faultproxy)</Message>"
+        "<Message>Service Unavailable (injected by the storagefs fault proxy)</Message>"
         f"<RequestId>{request_id}</RequestId></Error>"
     ).encode()
 
