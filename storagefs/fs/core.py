@@ -719,8 +719,6 @@ class Filesystem:
         """Change attributes; ``caller`` is the uid asking (None: trusted, e.g. tests)."""
         self._check_writable()
         node = self.inodes.get(ino)
-        if not node.alive:
-            raise FSError(errno.ENOENT)
         attrs = dataclasses.replace(node.attrs)
         if uid is not None or gid is not None:
             check_chown(node.attrs, uid, caller)
@@ -745,7 +743,10 @@ class Filesystem:
             ofile = self._ofile_for(node)
             try:
                 async with ofile.lock:
-                    await self._ensure_staging(ofile, truncate=size == 0)
+                    # Checked under the lock: an unlink may have taken the name (and with it
+                    # the data a truncate would keep) while this waited for it.
+                    nameless = self._nothing_kept(node)
+                    await self._ensure_staging(ofile, truncate=size == 0 or nameless)
                     assert ofile.fd is not None
                     ofile.end_stream("the file was truncated")
                     os.ftruncate(ofile.fd, size)
@@ -771,6 +772,11 @@ class Filesystem:
             # The upload of the changed staging file (flush, fsync or release) carries the
             # new metadata. A clean open file is not uploaded again: store it now.
             current.version += 1
+            return node
+        if not node.alive:
+            # Unlinked (fchmod of an open file, or a chmod that raced the unlink): a local
+            # disk changes the orphaned inode; nothing names it on the store, so the change
+            # lives with the node for as long as the file does.
             return node
         await self._store_metadata(node)
         return node
@@ -953,10 +959,18 @@ class Filesystem:
     def _ofile_for(self, node: Node) -> OpenFile:
         ofile = self._open.get(node.ino)
         if ofile is None:
-            ofile = self._open[node.ino] = OpenFile(node)
+            # A file with no name left (the kernel still knows its inode: an open or truncate
+            # that raced an unlink) is opened as one unlinked while open: nothing uploads it.
+            ofile = self._open[node.ino] = OpenFile(node, unlinked=not node.alive)
         ofile.handles += 1
         node.handles += 1
         return ofile
+
+    def _nothing_kept(self, node: Node) -> bool:
+        """A file with no name left and no local copy of it: its content left with the name
+        (unlinked before it was opened, or too big to keep, see _keep_open_content)."""
+        ofile = self._open.get(node.ino)
+        return not node.alive and (ofile is None or ofile.fd is None)
 
     def _release_ofile(self, ofile: OpenFile) -> None:
         ofile.handles -= 1
@@ -1027,9 +1041,16 @@ class Filesystem:
         node.lookups += 1
         ofile = self._ofile_for(node)
         ofile.stored = ofile.stored and known
-        await self._ensure_staging(ofile, truncate=True)
-        ofile.version += 1  # an empty new file is still a file to upload
-        self._start_stream(ofile)
+        async with ofile.lock:
+            if ofile.fd is not None:
+                # The name's file is still open (the kernel took the name for absent): it is
+                # the new file, empty, and its other handles see that, as after O_TRUNC. Under
+                # the lock, so an upload in flight never reads a staging file cut short.
+                os.ftruncate(ofile.fd, 0)
+            else:
+                await self._ensure_staging(ofile, truncate=True)
+            ofile.version += 1  # an empty new file is still a file to upload
+            self._start_stream(ofile)
         fh = self._new_fh()
         self._handles[fh] = Handle(ofile, writable=True, write_only=_write_only(flags))
         self.dirs.add(where, Entry(name, False, ObjectInfo(path, 0, now / 1e9)))
@@ -1045,10 +1066,18 @@ class Filesystem:
         writable = accmode in (os.O_WRONLY, os.O_RDWR)
         if writable or flags & os.O_TRUNC:
             self._check_writable()
-        if not node.alive:
+        nameless = self._nothing_kept(node)
+        if nameless and not (flags & os.O_TRUNC or accmode == os.O_WRONLY or not node.attrs.size):
+            # Unlinked after the kernel found it (open(2) looks the name up, then opens the
+            # inode): a local disk opens the orphaned inode. Its data left with the name, so
+            # only an open that needs none of it succeeds; a reader would find nothing.
             raise FSError(errno.ENOENT)
         ofile = self._ofile_for(node)
         try:
+            if nameless:
+                async with ofile.lock:  # an empty file that nothing names: nothing to fetch
+                    await self._ensure_staging(ofile, truncate=True)
+                    node.attrs.size = 0
             if flags & os.O_TRUNC and writable:
                 async with ofile.lock:
                     if ofile.fd is not None:
@@ -1129,8 +1158,14 @@ class Filesystem:
         ofile = handle.ofile
         if ofile.fd is None:
             async with ofile.lock:
-                await self._ensure_staging(ofile)
-        assert ofile.fd is not None
+                # Checked under the lock, which an unlink holds while it takes the name.
+                if not self._nothing_kept(ofile.node):
+                    await self._ensure_staging(ofile)
+            if ofile.fd is None:
+                # Unlinked while open, and too big (or unreadable) to keep a copy of: nothing
+                # can ever read these bytes, so they go nowhere (as on a local disk, where
+                # no name leads to them either); its readers get ENOENT, as before.
+                return len(data)
         stream = ofile.stream
         if stream is not None and not stream.ended:
             written = stream.write(offset, data)
@@ -1222,11 +1257,12 @@ class Filesystem:
             node.etag = info.etag
             node.expires = self._expiry()
             self._remember_meta(info, meta)
-            if node.link is None:
-                assert node.path is not None
-                self._update_listing_entry(node.path, info)
-            else:
+            if node.link is not None:
                 self.links.uploaded(node, info, meta)
+            elif node.path == key:
+                # Not when the name was replaced or renamed while the upload was in flight:
+                # the listing entry of ``key`` is no longer this file's.
+                self._update_listing_entry(key, info)
 
     async def flush(self, fh: int) -> None:
         await self._upload(self._handle(fh).ofile)
@@ -1263,20 +1299,30 @@ class Filesystem:
         path = child_path(parent.path, name)
         if node.link is None:
             await self._keep_open_content(node)
-        if not await forget_unstored(self.backend, path):
-            await self.backend.delete(path)
-        self._memo(path, None, None)
-        self.dirs.remove(parent.path, name)
-        self.inodes.detach(path)
+        # An upload of the file may be in flight (a close on another descriptor), or begin
+        # while the name is deleted (a process that looked the name up before opens it now):
+        # the delete must come after it, or the upload would put the name back on the store
+        # (or forget_unstored miss its journal entry). So the unlink holds the open file,
+        # made if need be (an open meanwhile shares it), and its lock, and marks it unlinked
+        # with the delete: no upload of it starts after that.
+        ofile = self._ofile_for(node) if node.link is None else None
+        try:
+            async with ofile.lock if ofile is not None else contextlib.nullcontext():
+                if not await forget_unstored(self.backend, path):
+                    await self.backend.delete(path)
+                if ofile is not None:
+                    ofile.unlinked = True  # open handles keep working, nothing is uploaded again
+                    ofile.end_stream("the file was unlinked")
+            self._memo(path, None, None)
+            self.dirs.remove(parent.path, name)
+            if self.inodes.by_path(path) is node:  # not a file created there meanwhile
+                self.inodes.detach(path)
+        finally:
+            if ofile is not None:
+                self._release_ofile(ofile)  # the last handle: a kept failed file goes too
         self._touch_dir(parent.path)
         if node.link is not None:
             await self.links.name_removed(node)  # the pointer is gone: one name less
-            return
-        ofile = self._open.get(node.ino)
-        if ofile is not None:
-            ofile.unlinked = True  # open handles keep working, nothing is uploaded again
-            ofile.end_stream("the file was unlinked")
-            self._discard_kept(ofile)
 
     async def _keep_open_content(self, node: Node) -> None:
         """A file about to lose its name while open keeps its data, as on a local disk

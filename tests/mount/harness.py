@@ -14,6 +14,7 @@ import pytest
 from storagefs.mounts_table import is_mounted
 
 FUSERMOUNT = shutil.which("fusermount3")
+CHECKOUT = Path(__file__).resolve().parents[2]  # the checkout these tests belong to
 MOUNT_TIMEOUT = 30.0  # seconds for the mount to appear (imports + backend open)
 EXIT_TIMEOUT = 30.0  # seconds for the daemon to exit after the unmount (uploads dirty files)
 # Lines in a daemon log that mean a bug, whatever the shell tools saw.
@@ -26,6 +27,12 @@ def clean_env(extra: Mapping[str, str]) -> dict[str, str]:
     """Our environment without any STORAGEFS_* of the developer's, plus ``extra``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("STORAGEFS_")}
     env["LC_ALL"] = "C"  # shell tools' error messages in English
+    # The daemons run from a neutral cwd, where the venv's editable install would import the
+    # package from wherever it was installed (another checkout or worktree): the code under
+    # test comes first.
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(CHECKOUT), os.environ.get("PYTHONPATH", "")) if p
+    )
     env.update(extra)
     return env
 
