@@ -1563,12 +1563,19 @@ class Filesystem:
         room = self.options.max_metadata_bytes
         if room is not None and metadata_size(meta) > room:
             raise FSError(errno.ENOSPC, f"user metadata over the stores' {room} bytes")
-        node.attrs = attrs
+        before, node.attrs = node.attrs, attrs
         current = self._open.get(node.ino)
         if current is not None and current.dirty:
             current.version += 1  # the upload of the staging file carries them
             return
-        await self._store_metadata(node)
+        try:
+            await self._store_metadata(node)
+        except BaseException:
+            # Not stored (a local filesystem's xattr space is full: ENOSPC): the file keeps
+            # what it had, or every later rewrite of it would fail the same way.
+            if node.attrs is attrs:
+                node.attrs = before
+            raise
 
     # --- misc -------------------------------------------------------------------------
 
