@@ -102,7 +102,6 @@ def test_shell_errors(store: Store, mount: MountFactory) -> None:
 
 
 @pytest.mark.parametrize("store", [LOCAL], indirect=True)
-@pytest.mark.parametrize("store", [LOCAL], indirect=True)
 def test_a_write_only_writer_and_a_cached_reader_agree(store: Store, mount: MountFactory) -> None:
     """Write-only handles bypass the kernel's page cache (cp's 256 MiB cost a copy and as much
     fresh memory): a reader holding cached pages and a mapping must still see every write."""
