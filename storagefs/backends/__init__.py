@@ -135,3 +135,14 @@ def key_room(url: str) -> int:
         return _PATH_MAX - len(path.rstrip("/").encode()) - 2
     prefix = path.strip("/")
     return MAX_KEY_BYTES - (len(prefix.encode()) + 1 if prefix else 0)
+
+
+# User metadata (names and values together) one object may carry: S3's documented 2 KiB for
+# user-defined metadata, Azure Blob's 8 KiB for all metadata of a blob.
+_METADATA_ROOM = {"s3": 2 * 1024, "azure": 8 * 1024}
+
+
+def metadata_room(url: str) -> int | None:
+    """Bytes of user metadata an object below ``url`` can carry; None for a local directory,
+    whose filesystem answers for itself (ENOSPC from setxattr, see backends/local.py)."""
+    return _METADATA_ROOM.get(urlsplit(url).scheme.lower())

@@ -53,6 +53,11 @@ class InvalidRequest(BackendError):
     """The store rejected the request itself (bad key, bad argument): retrying will not help."""
 
 
+class MetadataTooLarge(InvalidRequest):
+    """The object's metadata is more than the store holds (a local filesystem's xattr space):
+    ENOSPC, and never worth retrying."""
+
+
 class TransientError(BackendError):
     """Timeouts, connection errors, 5xx, throttling: worth retrying."""
 

@@ -38,6 +38,7 @@ from storagefs.backends.base import (
     Conflict,
     InvalidRequest,
     ListPage,
+    MetadataTooLarge,
     NotFound,
     ObjectInfo,
     PermissionDenied,
@@ -408,6 +409,10 @@ class LocalBackend:
             if exc.errno in _NO_XATTR:
                 self._disable_xattrs(exc)
                 return
+            if exc.errno in (errno.ENOSPC, errno.E2BIG):
+                # The filesystem's room for one file's xattrs (ext4: one block) is full:
+                # the caller's metadata is too big for it, retrying cannot help.
+                raise MetadataTooLarge(f"{self.name}: {path}: {exc.strerror}") from exc
             raise
 
     def _kept(self, metadata: Mapping[str, str]) -> dict[str, str]:

@@ -279,18 +279,25 @@ class StorageOperations(pyfuse3.Operations):
             setattr(data, name, value)
         return data
 
-    # Extended attributes are not stored. ENOSYS tells the kernel once for the whole mount:
-    # it then answers every xattr call with EOPNOTSUPP itself. Any other answer costs a round
-    # trip per call, and there are many: `ls -l` asks ~3 per file (ACLs, SELinux label) and the
-    # kernel asks for security.capability before every write(2).
-    async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
-        raise pyfuse3.FUSEError(errno.ENOSYS)
+    # Extended attributes (user.* only; the core's storagefs/fs/xattrs.py). Names outside
+    # user.* are refused by the core before any request: the kernel asks for
+    # security.capability before every write(2) and ls -l for ACLs on every file, so those
+    # answers must cost no more than this round trip. pyfuse3 checks setxattr's
+    # XATTR_CREATE/XATTR_REPLACE itself (with a getxattr) and does not pass the flags on.
+    @_guarded
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        return await self.fs.getxattr(inode, name)
 
-    async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
-        raise pyfuse3.FUSEError(errno.ENOSYS)
+    @_guarded
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
+        return await self.fs.listxattr(inode)
 
-    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
-        raise pyfuse3.FUSEError(errno.ENOSYS)
+    @_guarded
+    async def setxattr(
+        self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
+    ) -> None:
+        await self.fs.setxattr(inode, name, value)
 
-    async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
-        raise pyfuse3.FUSEError(errno.ENOSYS)
+    @_guarded
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        await self.fs.removexattr(inode, name)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from storagefs.backends import key_room
+from storagefs.backends import key_room, metadata_room
 from storagefs.backends.base import ConfigurationError
 from storagefs.chain.fallback import FallbackChain
 from storagefs.config import Settings
@@ -82,6 +82,14 @@ def fs_options(settings: Settings, cache: Path, read_only: bool) -> FsOptions:
         stream_parallelism=settings.transfer_concurrency,
         max_key_bytes=min(
             key_room(url) for url in (settings.resolved_primary(), settings.secondary) if url
+        ),
+        max_metadata_bytes=min(
+            (
+                room
+                for url in (settings.resolved_primary(), settings.secondary)
+                if url and (room := metadata_room(url)) is not None
+            ),
+            default=None,
         ),
     )
 

@@ -37,6 +37,13 @@ META_NLINK = "storagefs-nlink"  # on an inode object: its number of names
 
 NS = 1_000_000_000
 
+# The entries storagefs writes from Attrs (and links.py from a node's count): everything else
+# an object carries is another tool's, or an extended attribute, and is stored again as it was.
+OWN_KEYS = frozenset(
+    {META_MODE, META_UID, META_GID, META_MTIME, META_CTIME, META_ATIME, META_RDEV}
+    | {META_LINK, META_NLINK, "storagefssource"}  # the last: reconciliation's mark (sync/)
+)
+
 # File types an object (not a directory marker) can hold; anything else in a stored mode is
 # read as a regular file.
 OBJECT_TYPES = frozenset(
@@ -54,6 +61,11 @@ class Attrs:
     ctime_ns: int
     atime_ns: int
     rdev: int = 0
+    # The stored entries storagefs does not own (OWN_KEYS), written back on every rewrite;
+    # None while not known (a listing without metadata): a rewrite must learn them first
+    # (Filesystem._learn_extra), or the store would lose them. Replaced, never mutated:
+    # copies of an Attrs (dataclasses.replace) share it.
+    extra: dict[str, str] | None = dataclasses.field(default_factory=dict)
 
     @property
     def is_dir(self) -> bool:
@@ -68,7 +80,9 @@ class Attrs:
         return stat.S_IFMT(self.mode)
 
     def to_metadata(self) -> dict[str, str]:
-        meta = {
+        """What the object stores: the entries of :attr:`extra`, then ours over them."""
+        meta = dict(self.extra or {})
+        meta |= {
             META_MODE: str(self.mode),
             META_UID: str(self.uid),
             META_GID: str(self.gid),
@@ -79,6 +93,17 @@ class Attrs:
         if stat.S_ISCHR(self.mode) or stat.S_ISBLK(self.mode):
             meta[META_RDEV] = str(self.rdev)
         return meta
+
+
+def extra_metadata(meta: Mapping[str, str]) -> dict[str, str]:
+    """The entries of stored metadata that storagefs does not own (see :data:`OWN_KEYS`)."""
+    return {k: v for k, v in meta.items() if k not in OWN_KEYS}
+
+
+def metadata_size(meta: Mapping[str, str]) -> int:
+    """Bytes of user metadata as the stores count them against their limit (S3: 2 KiB, Azure:
+    8 KiB): the UTF-8 bytes of every name and value together."""
+    return sum(len(k.encode()) + len(v.encode()) for k, v in meta.items())
 
 
 def pointer_metadata(link_id: str) -> dict[str, str]:
@@ -164,7 +189,8 @@ def attrs_from_object(
     metadata: Mapping[str, str] | None = None,
 ) -> Attrs:
     """Attributes of a file or directory from its object (marker) and metadata, if any."""
-    meta = metadata if metadata is not None else (info.metadata if info else None) or {}
+    known = metadata if metadata is not None else (info.metadata if info else None)
+    meta = known or {}
     kind = stat.S_IFDIR if is_dir else object_kind(meta)
     perm = stored_mode(meta)
     if perm is None:
@@ -185,4 +211,5 @@ def attrs_from_object(
         ctime_ns=mtime if ctime is None else ctime,
         atime_ns=mtime if atime is None else atime,
         rdev=meta_int(meta, META_RDEV) or 0,
+        extra=None if known is None else extra_metadata(known),
     )

@@ -37,7 +37,17 @@ from storagefs.backends.base import (
     note_created,
     peek,
 )
-from storagefs.fs.attrs import OBJECT_TYPES, Attrs, Defaults, attrs_from_object, link_of
+from storagefs.fs import xattrs
+from storagefs.fs.attrs import (
+    META_NLINK,
+    OBJECT_TYPES,
+    Attrs,
+    Defaults,
+    attrs_from_object,
+    extra_metadata,
+    link_of,
+    metadata_size,
+)
 from storagefs.fs.dirs import LIST_PAGE, DirCache, Entry, Listing, list_directory
 from storagefs.fs.errors import FSError, as_fs_error, errno_for, first_failure
 from storagefs.fs.files import (
@@ -121,6 +131,9 @@ class FsOptions:
     # (storagefs/fs/streaming.py), at most stream_parallelism parts at a time in all.
     stream_part_size: int = sizes.MULTIPART_CHUNK
     stream_parallelism: int = 8
+    # Bytes of user metadata (names and values) every remote takes on one object: S3 2 KiB,
+    # Azure 8 KiB; None: no limit known (a local directory: its filesystem's own answer).
+    max_metadata_bytes: int | None = None
 
 
 _CONVERTED = (FSError, BackendError, OSError)
@@ -596,7 +609,11 @@ class Filesystem:
                     meta = self.meta.get(dir_marker.key, "dir", None)
                 if meta is not None:
                     self._memo(dir_marker.key, "dir", meta)
-            attrs = attrs_from_object(dir_marker, True, self.defaults, meta or {})
+            # A marker whose metadata no one could give is unknown (None), not empty: a
+            # chmod must then read it before rewriting the marker (_learn_extra).
+            attrs = attrs_from_object(
+                dir_marker, True, self.defaults, meta if dir_marker is not None else {}
+            )
             return self.inodes.upsert(path, self._dir_attrs(path, attrs), None, self._expiry())
         if file_info is None:
             unanswered = (BackendUnavailable, TransientError)
@@ -781,7 +798,35 @@ class Filesystem:
         await self._store_metadata(node)
         return node
 
+    async def _learn_extra(self, node: Node, *, strict: bool = False) -> None:
+        """Make sure ``node.attrs.extra`` holds what its object stores that is not ours
+        (another tool's metadata, extended attributes) before a rewrite replaces the
+        object's metadata: S3's copy with REPLACE keeps only what it is given. Known from any
+        HEAD, download or remembered metadata; unknown after a listing that carried none:
+        then the metadata cache, else one HEAD. If no store answers, the rewrite keeps only
+        our own entries (logged), unless ``strict`` (extended-attribute calls): the error."""
+        if node.attrs.extra is not None:
+            return
+        if node.ino == ROOT_INODE or node.key is None:
+            node.attrs.extra = {}  # no object: the root has no marker, an unlinked file no key
+            return
+        key = dir_prefix(node.key) if node.attrs.is_dir else node.key
+        meta = self.meta.get(key, "dir" if node.attrs.is_dir else node.etag, None)
+        if meta is None:
+            try:
+                meta = dict((await self.backend.stat(key)).metadata or {})
+            except NotFound:
+                meta = {}  # nothing stored yet (or an implicit directory): nothing to keep
+            except BackendError as exc:
+                if strict:
+                    raise
+                log.warning("metadata of %s unknown (%s): other tools' entries are lost", key, exc)
+                return
+        if node.attrs.extra is None:  # unless something newer came in meanwhile
+            node.attrs.extra = extra_metadata(meta)
+
     async def _store_metadata(self, node: Node) -> None:
+        await self._learn_extra(node)
         if node.link is not None:
             await self.links.store(node)
             return
@@ -1087,6 +1132,7 @@ class Filesystem:
                     ofile.version += 1
                     node.attrs.size = 0
                     node.attrs.mtime_ns = node.attrs.ctime_ns = time.time_ns()
+                    await self._learn_extra(node)  # a stream takes its metadata first
                     self._start_stream(ofile)
         except BaseException:
             self._release_ofile(ofile)
@@ -1213,8 +1259,9 @@ class Filesystem:
             started = stream.started_with
             if info is not None and started is not None:
                 attrs = ofile.node.attrs
-                if (started.mode, started.uid, started.gid) != (attrs.mode, attrs.uid, attrs.gid):
-                    # A chmod/chown while it was written: store the attributes of now.
+                before = (started.mode, started.uid, started.gid, started.extra)
+                if before != (attrs.mode, attrs.uid, attrs.gid, attrs.extra):
+                    # A chmod/chown/setxattr while it was written: store the attributes of now.
                     return await self.backend.copy(path, path, meta)
                 # The stored mtime is the one of when the upload started (a multipart upload
                 # takes its metadata first); show that one, so a remount shows the same.
@@ -1231,6 +1278,7 @@ class Filesystem:
                 return
             assert key is not None
             version = ofile.version
+            await self._learn_extra(node)  # new content keeps the object's other entries
             meta = node.attrs.to_metadata() if node.link is None else self.links.metadata(node)
             if ofile.fd is not None:
                 try:
@@ -1445,6 +1493,7 @@ class Filesystem:
             return
         if ofile is not None and ofile.dirty and not ofile.unlinked:
             await self._upload(ofile)  # the store must hold the newest bytes before the copy
+        await self._learn_extra(node)
         meta = node.attrs.to_metadata()
         info = await self.backend.copy(src, dst, meta)
         if not await forget_unstored(self.backend, src):
@@ -1512,6 +1561,78 @@ class Filesystem:
             await self.backend.delete(key)
         for key in keys:
             self._memo(key, None, None)
+
+    # --- extended attributes (storagefs/fs/xattrs.py) -----------------------------------
+
+    async def _xattr_node(self, ino: int) -> tuple[Node, dict[str, bytes]]:
+        """The node (attributes fresh, as for a stat) and every attribute it stores."""
+        node = await self.getattr(ino)
+        await self._learn_extra(node, strict=True)
+        return node, xattrs.decode(node.attrs.extra)
+
+    async def getxattr(self, ino: int, name: bytes) -> bytes:
+        key = xattrs.user_name(name)  # other namespaces: EOPNOTSUPP before any request
+        _, values = await self._xattr_node(ino)
+        try:
+            return values[key]
+        except KeyError:
+            raise FSError(errno.ENODATA) from None
+
+    async def listxattr(self, ino: int) -> list[bytes]:
+        # Free when the metadata is known (after any stat or listing that carried it), so
+        # ls -l and cp -a, which ask for every file, cost no request.
+        _, values = await self._xattr_node(ino)
+        return xattrs.listed(values)
+
+    async def setxattr(self, ino: int, name: bytes, value: bytes, flags: int = 0) -> None:
+        key = xattrs.user_name(name)
+        self._check_writable()
+        if len(value) > xattrs.VALUE_MAX:
+            raise FSError(errno.E2BIG)
+        node, values = await self._xattr_node(ino)
+        if flags & xattrs.XATTR_CREATE and key in values:
+            raise FSError(errno.EEXIST)
+        if flags & xattrs.XATTR_REPLACE and key not in values:
+            raise FSError(errno.ENODATA)
+        await self._store_xattrs(node, values | {key: value})
+
+    async def removexattr(self, ino: int, name: bytes) -> None:
+        key = xattrs.user_name(name)
+        self._check_writable()
+        node, values = await self._xattr_node(ino)
+        if key not in values:
+            raise FSError(errno.ENODATA)
+        await self._store_xattrs(node, {k: v for k, v in values.items() if k != key})
+
+    async def _store_xattrs(self, node: Node, values: dict[str, bytes]) -> None:
+        """Give ``node`` these attributes: with its next upload when it is being written,
+        else a metadata rewrite, as chmod does. ENOSPC beyond what the stores hold."""
+        if not node.alive:
+            raise FSError(errno.ENOENT)
+        if node.ino == ROOT_INODE:
+            raise FSError(errno.EOPNOTSUPP, "the root has no object to hold attributes")
+        assert node.attrs.extra is not None  # _xattr_node learnt it
+        attrs = dataclasses.replace(node.attrs, extra=xattrs.with_values(node.attrs.extra, values))
+        attrs.ctime_ns = time.time_ns()
+        meta = attrs.to_metadata()
+        if node.link is not None:
+            meta[META_NLINK] = str(node.links)
+        room = self.options.max_metadata_bytes
+        if room is not None and metadata_size(meta) > room:
+            raise FSError(errno.ENOSPC, f"user metadata over the stores' {room} bytes")
+        before, node.attrs = node.attrs, attrs
+        current = self._open.get(node.ino)
+        if current is not None and current.dirty:
+            current.version += 1  # the upload of the staging file carries them
+            return
+        try:
+            await self._store_metadata(node)
+        except BaseException:
+            # Not stored (a local filesystem's xattr space is full: ENOSPC): the file keeps
+            # what it had, or every later rewrite of it would fail the same way.
+            if node.attrs is attrs:
+                node.attrs = before
+            raise
 
     # --- misc -------------------------------------------------------------------------
 

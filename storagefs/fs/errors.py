@@ -17,6 +17,7 @@ from storagefs.backends.base import (
     ConfigurationError,
     Conflict,
     InvalidRequest,
+    MetadataTooLarge,
     NoSpace,
     NotFound,
     PermissionDenied,
@@ -39,6 +40,7 @@ _BY_TYPE: list[tuple[type[BackendError], int, int]] = [
     (PermissionDenied, errno.EACCES, logging.WARNING),
     (NoSpace, errno.ENOSPC, logging.WARNING),
     (Conflict, errno.EIO, logging.WARNING),
+    (MetadataTooLarge, errno.ENOSPC, logging.WARNING),  # before InvalidRequest, its base
     (InvalidRequest, errno.EINVAL, logging.WARNING),
     (BackendUnavailable, errno.EIO, logging.WARNING),
     (TransientError, errno.EIO, logging.WARNING),

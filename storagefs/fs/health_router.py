@@ -134,6 +134,28 @@ class HealthRouter:
             caller=caller,
         )
 
+    # /.health holds no extended attributes and never asks a store about them.
+
+    async def getxattr(self, ino: int, name: bytes) -> bytes:
+        if self._owned(ino):
+            raise FSError(errno.ENODATA)
+        return await self.core.getxattr(ino, name)
+
+    async def listxattr(self, ino: int) -> list[bytes]:
+        if self._owned(ino):
+            return []
+        return await self.core.listxattr(ino)
+
+    async def setxattr(self, ino: int, name: bytes, value: bytes, flags: int = 0) -> None:
+        if self._owned(ino):
+            raise FSError(errno.EOPNOTSUPP)
+        await self.core.setxattr(ino, name, value, flags)
+
+    async def removexattr(self, ino: int, name: bytes) -> None:
+        if self._owned(ino):
+            raise FSError(errno.EOPNOTSUPP)
+        await self.core.removexattr(ino, name)
+
     async def readlink(self, ino: int) -> bytes:
         if self._owned(ino):
             raise FSError(errno.EINVAL)  # nothing there is a link

@@ -171,6 +171,7 @@ class HardLinks:
         """Write ``node``'s attributes and count to its inode object."""
         assert node.link is not None
         fs = self.fs
+        await fs._learn_extra(node)  # the copy replaces all its metadata: keep what is not ours
         meta = self.metadata(node)
         key = inode_key(node.link)
         info = await fs._with_etag(await fs.backend.copy(key, key, meta))
@@ -225,6 +226,7 @@ class HardLinks:
                 await fs._upload(ofile)  # the store must hold the newest bytes before the copy
         link_id = secrets.token_hex(8)
         node.attrs.ctime_ns = now
+        await fs._learn_extra(node)  # other tools' entries and xattrs go with the content
         meta = node.attrs.to_metadata()
         meta[META_NLINK] = "2"
         info = await fs._with_etag(await fs.backend.copy(src, inode_key(link_id), meta))

@@ -7,7 +7,8 @@ objects "behind the mount's back"; each store kind speaks its own SDK here.
 from __future__ import annotations
 
 import concurrent.futures
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -32,6 +33,18 @@ class Store(Protocol):
         ...
 
     def put_many(self, items: Iterable[tuple[str, bytes]]) -> None: ...
+
+    def put_with_metadata(self, key: str, data: bytes, metadata: Mapping[str, str]) -> None:
+        """An object (``dir/``: a marker) written by another tool, with its own metadata."""
+        ...
+
+    def metadata(self, key: str) -> dict[str, str]:
+        """The user metadata of ``key`` as the store keeps it."""
+        ...
+
+
+# The local backend's metadata: extended attributes of the backing file (backends/local.py).
+LOCAL_META_PREFIX = "user.storagefs."
 
 
 class LocalStore:
@@ -64,6 +77,23 @@ class LocalStore:
     def put_many(self, items: Iterable[tuple[str, bytes]]) -> None:
         for key, data in items:
             self.put(key, data)
+
+    def put_with_metadata(self, key: str, data: bytes, metadata: Mapping[str, str]) -> None:
+        path = self.root / key
+        if key.endswith("/"):
+            path.mkdir(parents=True, exist_ok=True)
+        else:
+            self.put(key, data)
+        for name, value in metadata.items():
+            os.setxattr(path, LOCAL_META_PREFIX + name, value.encode())
+
+    def metadata(self, key: str) -> dict[str, str]:
+        path = self.root / key
+        return {
+            n[len(LOCAL_META_PREFIX) :]: os.getxattr(path, n).decode()
+            for n in os.listxattr(path)
+            if n.startswith(LOCAL_META_PREFIX)
+        }
 
 
 class S3Store:
@@ -105,6 +135,15 @@ class S3Store:
     def put_many(self, items: Iterable[tuple[str, bytes]]) -> None:
         _parallel(self.put, items)
 
+    def put_with_metadata(self, key: str, data: bytes, metadata: Mapping[str, str]) -> None:
+        self.client.put_object(
+            Bucket=self.bucket, Key=self.prefix + "/" + key, Body=data, Metadata=dict(metadata)
+        )
+
+    def metadata(self, key: str) -> dict[str, str]:
+        head = self.client.head_object(Bucket=self.bucket, Key=self.prefix + "/" + key)
+        return dict(head["Metadata"])
+
 
 class AzureStore:
     kind = "azure"
@@ -135,6 +174,15 @@ class AzureStore:
 
     def put_many(self, items: Iterable[tuple[str, bytes]]) -> None:
         _parallel(self.put, items)
+
+    def put_with_metadata(self, key: str, data: bytes, metadata: Mapping[str, str]) -> None:
+        self.client.upload_blob(
+            self.prefix + "/" + key, data, overwrite=True, metadata=dict(metadata)
+        )
+
+    def metadata(self, key: str) -> dict[str, str]:
+        props = self.client.get_blob_client(self.prefix + "/" + key).get_blob_properties()
+        return dict(props.metadata)
 
 
 def _parallel(put: Any, items: Iterable[tuple[str, bytes]]) -> None:

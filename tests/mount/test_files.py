@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import mmap
 import os
@@ -100,26 +99,6 @@ def test_shell_errors(store: Store, mount: MountFactory) -> None:
     assert not wrong, "\n".join(wrong)
     assert m.ok("find . | sort") == tree  # the failed calls changed nothing
     assert m.ok("cat f d/e/y") == "f\nx\n"
-
-
-@pytest.mark.parametrize("store", [LOCAL], indirect=True)
-def test_extended_attributes_are_not_supported(store: Store, mount: MountFactory) -> None:
-    # Answered ENOSYS once, so the kernel itself says EOPNOTSUPP from then on (no round trip
-    # per `ls -l` entry or per write): the same answer every time, for every call.
-    m = mount(store)
-    m.ok("echo x > f")
-    target = str(m.path / "f")
-    for _ in range(2):
-        for call in (
-            lambda: os.getxattr(target, "user.a"),
-            lambda: os.listxattr(target),
-            lambda: os.setxattr(target, "user.a", b"1"),
-            lambda: os.removexattr(target, "user.a"),
-        ):
-            with pytest.raises(OSError) as err:
-                call()
-            assert err.value.errno == errno.EOPNOTSUPP
-    assert m.ok("cat f") == "x\n"
 
 
 @pytest.mark.parametrize("store", [LOCAL], indirect=True)
