@@ -15,7 +15,7 @@ from storagefs.backends.base import ListPage, NotFound, ObjectInfo
 class MemoryBackend:
     def __init__(self, name: str = "memory") -> None:
         self.name = name
-        self.objects: dict[str, tuple[bytes, dict[str, str], float]] = {}
+        self.objects: dict[str, tuple[bytes, dict[str, str], int]] = {}  # mtime in ns
         self.calls: list[tuple[str, str]] = []  # (operation, key) in call order
 
     def describe(self) -> str:
@@ -32,7 +32,7 @@ class MemoryBackend:
         return ObjectInfo(
             key=key,
             size=len(data),
-            mtime=mtime,
+            mtime_ns=mtime,
             etag=hashlib.md5(data).hexdigest(),
             metadata=dict(meta) if with_meta else None,
         )
@@ -102,7 +102,7 @@ class MemoryBackend:
     async def write_bytes(self, key: str, data: bytes, metadata: Mapping[str, str]) -> ObjectInfo:
         self.calls.append(("write", key))
         await trio.lowlevel.checkpoint()
-        self.objects[key] = (bytes(data), dict(metadata), time.time())
+        self.objects[key] = (bytes(data), dict(metadata), time.time_ns())
         return self._info(key)
 
     async def delete(self, key: str) -> None:
@@ -118,7 +118,7 @@ class MemoryBackend:
         if src not in self.objects:
             raise NotFound(src)
         data, meta, _ = self.objects[src]
-        self.objects[dst] = (data, dict(metadata if metadata is not None else meta), time.time())
+        self.objects[dst] = (data, dict(metadata if metadata is not None else meta), time.time_ns())
         return self._info(dst)
 
     async def health(self) -> None:

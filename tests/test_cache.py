@@ -11,7 +11,7 @@ META = {"mode": "33188"}
 
 
 def info(key: str, size: int, etag: str = "e") -> ObjectInfo:
-    return ObjectInfo(key=key, size=size, mtime=1700000000.0, etag=etag, metadata=META)
+    return ObjectInfo(key=key, size=size, mtime_ns=1_700_000_000 * 10**9, etag=etag, metadata=META)
 
 
 async def opened(directory: Path, max_bytes: int = 10_000) -> Cache:

@@ -40,7 +40,7 @@ from storagefs.download.run import (
     plan_tree,
 )
 from storagefs.download.state import STATE_NAME, is_part_name, part_name
-from storagefs.fs.attrs import pointer_metadata
+from storagefs.fs.attrs import pointer_metadata, text_to_ns
 from storagefs.fs.links import pointer_body
 from storagefs.fs.names import inode_key
 from storagefs.resilience.backend import ResilientBackend, RetryPolicy
@@ -154,8 +154,8 @@ async def test_tree_arrives_with_content_mtime_and_mode_then_resumes(
         info = await source.store.stat(f"{PREFIX}/{rel}")
         meta = info.metadata or {}
         st = (dest / rel).stat()
-        want_mtime = float(meta["mtime"]) if "mtime" in meta else info.mtime
-        assert abs(st.st_mtime - want_mtime) < 1e-6, rel
+        want_mtime = text_to_ns(meta["mtime"]) if "mtime" in meta else info.mtime_ns
+        assert st.st_mtime_ns == want_mtime, rel
     # S3 keeps user metadata for certain: the metadata's mtime wins over LastModified, exactly.
     if source.settings.primary and source.settings.primary.startswith("s3://"):
         assert (dest / "nested/deeper/timed.txt").stat().st_mtime_ns == 1_600_000_000_250_000_000
@@ -435,7 +435,7 @@ async def test_unusable_destination_and_store_raise_download_error(tmp_path: Pat
 
 
 def info(key: str, size: int = 1) -> ObjectInfo:
-    return ObjectInfo(key, size, 0.0, "e")
+    return ObjectInfo(key, size, 0, "e")
 
 
 def test_plan_sorts_files_directories_invalid_keys_and_clashes() -> None:
@@ -487,7 +487,7 @@ def test_part_names_stay_recognisable_and_within_name_max() -> None:
 
 def test_mtime_prefers_metadata_and_survives_junk() -> None:
     def at(meta: dict[str, str] | None) -> int:
-        return mtime_ns(ObjectInfo("k", 0, 1_700_000_000.5, None, meta))
+        return mtime_ns(ObjectInfo("k", 0, 1_700_000_000_500_000_000, None, meta))
 
     assert at({"mtime": "1600000000.123456789"}) == 1_600_000_000_123_456_789
     assert at({"mtime": "garbage"}) == at(None) == at({"mtime": "-5"}) == 1_700_000_000_500_000_000

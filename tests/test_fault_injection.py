@@ -13,7 +13,7 @@ from tests.fault_injection import FaultyBackend
 
 def make() -> FaultyBackend:
     memory = MemoryBackend("mem")
-    memory.objects["k"] = (b"data", {}, 1.0)
+    memory.objects["k"] = (b"data", {}, 1_000_000_000)
     return FaultyBackend(memory)
 
 

@@ -74,7 +74,7 @@ POLICY = RetryPolicy(
 
 def remote(name: str) -> tuple[ResilientBackend, FaultyBackend]:
     memory = MemoryBackend(name)
-    memory.objects["k"] = (b"hello", {"mode": "33188"}, 1.0)
+    memory.objects["k"] = (b"hello", {"mode": "33188"}, 1_000_000_000)
     faulty = FaultyBackend(memory)
     return ResilientBackend(faulty, POLICY), faulty
 

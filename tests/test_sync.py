@@ -80,7 +80,7 @@ async def test_stale_and_unmarked_copies_are_replaced(tmp_path: Path) -> None:
 
 def test_comparison_rules() -> None:
     def info(size: int, etag: str | None) -> ObjectInfo:
-        return ObjectInfo("k", size, 5.0, etag)
+        return ObjectInfo("k", size, 5_000_000_000, etag)
 
     md5 = "0123456789abcdef0123456789abcdef"
     both = {"primary_md5": True, "secondary_md5": True}
@@ -97,7 +97,7 @@ def test_comparison_rules() -> None:
     assert compare_marked(source, {MARK: version_of(info(3, "0x8E"))}) is Verdict.STALE
     assert compare_marked(source, {}) is Verdict.STALE
     assert compare_marked(source, None) is Verdict.STALE
-    assert version_of(info(3, None)) != version_of(ObjectInfo("k", 3, 6.0))  # mtime, no ETag
+    assert version_of(info(3, None)) != version_of(ObjectInfo("k", 3, 6 * 10**9))  # mtime, no ETag
 
 
 async def journal(tmp_path: Path) -> Journal:

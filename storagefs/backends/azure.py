@@ -43,6 +43,7 @@ from storagefs.backends.base import (
     PermissionDenied,
     TransientError,
     content_type,
+    datetime_to_ns,
 )
 from storagefs.backends.key_order import KeyOrder
 from storagefs.config import Settings
@@ -293,7 +294,7 @@ class AzureBackend:
         return ObjectInfo(
             key=key,
             size=int(props.size),
-            mtime=modified.timestamp() if modified else 0.0,
+            mtime_ns=datetime_to_ns(modified) if modified else 0,
             etag=_etag(props.etag),
             metadata=decode_metadata(props.metadata) if with_meta else None,
         )
@@ -411,7 +412,7 @@ class AzureBackend:
         return ObjectInfo(
             key=key,
             size=size,
-            mtime=modified.timestamp() if modified is not None else 0.0,
+            mtime_ns=datetime_to_ns(modified) if modified is not None else 0,
             etag=_etag(response.get("etag")),
             metadata=dict(metadata),
         )

@@ -23,6 +23,8 @@ from __future__ import annotations
 import dataclasses
 import mimetypes
 from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Protocol, runtime_checkable
 
 # Names of the user-metadata entries the filesystem stores on every object. The same names as
@@ -31,6 +33,29 @@ META_MODE = "mode"
 META_UID = "uid"
 META_GID = "gid"
 META_MTIME = "mtime"  # seconds since the epoch, may carry a fraction ("1700000000.123456789")
+
+
+NS = 1_000_000_000  # nanoseconds in a second
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def datetime_to_ns(when: datetime) -> int:
+    """Nanoseconds since the epoch of an SDK's last-modified time (S3's ``LastModified``,
+    Azure's ``last_modified``), exactly: a datetime holds whole microseconds, and timedelta
+    arithmetic is integer arithmetic, where ``timestamp()`` would round through a float. A
+    naive datetime is taken as UTC (what the stores send)."""
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return (when - _EPOCH) // _MICROSECOND * 1000
+
+
+def seconds_to_ns(seconds: float) -> int:
+    """Nanoseconds from a float of seconds (a ``time.time()`` the journal recorded): the
+    nearest integer to the float's exact value (Decimal of a float is exact; ``seconds * NS``
+    in floats would round a second time)."""
+    return round(Decimal(seconds) * NS)
 
 
 class BackendError(Exception):
@@ -78,7 +103,9 @@ class ConfigurationError(BackendError):
 class ObjectInfo:
     key: str
     size: int
-    mtime: float  # the store's last-modified time, seconds since the epoch
+    # The store's last-modified time, nanoseconds since the epoch: an integer, because cp -p,
+    # rsync -a and make compare times exactly and a float of seconds is ~100 ns off today.
+    mtime_ns: int
     etag: str | None = None
     metadata: Mapping[str, str] | None = None  # None: not fetched (listings)
 

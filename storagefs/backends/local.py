@@ -449,7 +449,7 @@ class LocalBackend:
     @staticmethod
     def _info(key: str, st: os.stat_result, meta: Mapping[str, str] | None) -> ObjectInfo:
         size = 0 if key.endswith("/") else st.st_size
-        return ObjectInfo(key, size, st.st_mtime, f"{st.st_mtime_ns}-{size}", meta)
+        return ObjectInfo(key, size, st.st_mtime_ns, f"{st.st_mtime_ns}-{size}", meta)
 
     def _skip_once(self, path: Path) -> None:
         if path not in self._skipped:

@@ -40,6 +40,7 @@ from storagefs.backends.base import (
     PermissionDenied,
     TransientError,
     content_type,
+    datetime_to_ns,
 )
 from storagefs.backends.key_order import KeyOrder
 from storagefs.config import Settings
@@ -166,8 +167,9 @@ def _etag(raw: object) -> str | None:
     return raw.strip('"') if isinstance(raw, str) else None
 
 
-def _timestamp(raw: object) -> float:
-    return raw.timestamp() if isinstance(raw, datetime) else time.time()
+def _timestamp(raw: object) -> int:
+    """``LastModified`` in nanoseconds, exactly (not through a float of seconds)."""
+    return datetime_to_ns(raw) if isinstance(raw, datetime) else time.time_ns()
 
 
 def _no_wait_for_continue(request: Any, **_: Any) -> None:
@@ -288,7 +290,7 @@ class S3Backend:
             ObjectInfo(
                 key=o["Key"][cut:],
                 size=o.get("Size", 0),
-                mtime=_timestamp(o.get("LastModified")),
+                mtime_ns=_timestamp(o.get("LastModified")),
                 etag=_etag(o.get("ETag")),
             )
             for o in page.get("Contents", [])
@@ -409,7 +411,7 @@ class S3Backend:
                     )
 
             resp = await self._call("write", key, put, changes=full)
-            return ObjectInfo(key, size, time.time(), _etag(resp.get("ETag")), dict(metadata))
+            return ObjectInfo(key, size, time.time_ns(), _etag(resp.get("ETag")), dict(metadata))
 
         await self._call(
             "write",
@@ -440,7 +442,7 @@ class S3Backend:
             ),
             changes=full,
         )
-        return ObjectInfo(key, len(data), time.time(), _etag(resp.get("ETag")), dict(metadata))
+        return ObjectInfo(key, len(data), time.time_ns(), _etag(resp.get("ETag")), dict(metadata))
 
     async def copy(
         self, src: str, dst: str, metadata: Mapping[str, str] | None = None
@@ -531,7 +533,7 @@ class S3Backend:
         return ObjectInfo(
             key=key,
             size=int(head.get("ContentLength", 0)),
-            mtime=_timestamp(head.get("LastModified")),
+            mtime_ns=_timestamp(head.get("LastModified")),
             etag=_etag(head.get("ETag")),
             metadata={k.lower(): v for k, v in head.get("Metadata", {}).items()},
         )
@@ -603,7 +605,7 @@ class S3Upload:
             changes=self._full,
         )
         size = sum(n for _, n in self._parts.values())
-        return ObjectInfo(self._key, size, time.time(), _etag(resp.get("ETag")), self._metadata)
+        return ObjectInfo(self._key, size, time.time_ns(), _etag(resp.get("ETag")), self._metadata)
 
     async def abort(self) -> None:
         await self._backend._call(

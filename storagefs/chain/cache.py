@@ -32,7 +32,7 @@ from pathlib import Path
 
 import trio
 
-from storagefs.backends.base import ListPage, ObjectInfo
+from storagefs.backends.base import ListPage, ObjectInfo, seconds_to_ns
 
 log = logging.getLogger("storagefs.cache")
 
@@ -43,11 +43,30 @@ CREATE TABLE IF NOT EXISTS objects (
     size INTEGER NOT NULL,
     etag TEXT,
     metadata TEXT NOT NULL,
-    mtime REAL NOT NULL,
+    mtime_ns INTEGER NOT NULL,
     stored REAL NOT NULL,
     accessed REAL NOT NULL
 )
 """
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """An index from before integer times has ``mtime REAL`` (seconds): its rows get their
+    time in nanoseconds, in place, so the cached copies survive the upgrade. The rows are as
+    many as the cache holds objects; the float they had is converted exactly (its own error
+    stays, nothing is added). REAL cannot hold nanoseconds: 2**53 ns is only 104 days."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(objects)")}
+    if "mtime_ns" in columns:
+        return
+    db.execute("BEGIN")
+    db.execute("ALTER TABLE objects ADD COLUMN mtime_ns INTEGER NOT NULL DEFAULT 0")
+    rows = db.execute("SELECT key, mtime FROM objects").fetchall()
+    db.executemany(
+        "UPDATE objects SET mtime_ns = ? WHERE key = ?",
+        [(seconds_to_ns(m) if isinstance(m, int | float) else 0, k) for k, m in rows],
+    )
+    db.execute("ALTER TABLE objects DROP COLUMN mtime")
+    db.execute("COMMIT")
 
 
 @dataclasses.dataclass(slots=True)
@@ -57,7 +76,7 @@ class CachedObject:
     size: int
     etag: str | None
     metadata: dict[str, str]
-    mtime: float
+    mtime_ns: int  # the store's last-modified time
     stored: float
     accessed: float
 
@@ -65,7 +84,7 @@ class CachedObject:
         return ObjectInfo(
             key=self.key,
             size=self.size,
-            mtime=self.mtime,
+            mtime_ns=self.mtime_ns,
             etag=self.etag,
             metadata=dict(self.metadata) if with_metadata else None,
         )
@@ -151,7 +170,7 @@ class Cache:
         good: list[CachedObject] = []
         bad: list[str] = []
         for row in self._conn.execute(
-            "SELECT key, file, size, etag, metadata, mtime, stored, accessed FROM objects"
+            "SELECT key, file, size, etag, metadata, mtime_ns, stored, accessed FROM objects"
         ):
             try:
                 obj = CachedObject(
@@ -179,6 +198,7 @@ class Cache:
             # A cache: losing the newest rows on power loss is fine, corrupting is not (WAL).
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute(_SCHEMA)
+            _migrate(db)
         except BaseException:
             db.close()
             raise
@@ -362,7 +382,7 @@ class Cache:
             size=size,
             etag=info.etag,
             metadata=dict(info.metadata or {}),
-            mtime=info.mtime,
+            mtime_ns=info.mtime_ns,
             stored=now,
             accessed=now,
         )
@@ -382,8 +402,9 @@ class Cache:
                 conn.execute("BEGIN")
                 conn.executemany("DELETE FROM objects WHERE key = ?", [(v.key,) for v in victims])
                 conn.execute(
-                    "INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (key, name, size, obj.etag, json.dumps(obj.metadata), obj.mtime, now, now),
+                    "INSERT OR REPLACE INTO objects (key, file, size, etag, metadata, mtime_ns,"
+                    " stored, accessed) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (key, name, size, obj.etag, json.dumps(obj.metadata), obj.mtime_ns, now, now),
                 )
                 conn.execute("COMMIT")
                 self._unlink([v.file for v in victims] + ([old.file] if old else []))

@@ -47,6 +47,7 @@ from storagefs.backends.base import (
     TransientError,
     Upload,
     peek,
+    seconds_to_ns,
     start_upload,
 )
 from storagefs.chain import listing
@@ -560,7 +561,7 @@ class FallbackChain:
 
     @staticmethod
     def _pending_info(key: str, entry: Entry, metadata: Mapping[str, str] | None) -> ObjectInfo:
-        return ObjectInfo(key, entry.size, entry.created, None, dict(metadata or {}))
+        return ObjectInfo(key, entry.size, seconds_to_ns(entry.created), None, dict(metadata or {}))
 
     async def stat(self, key: str) -> ObjectInfo:
         entry = self.journal.latest(key)
@@ -629,7 +630,7 @@ class FallbackChain:
             if entry is None and offset == 0 and len(data) < length:
                 # The whole object came back in one read (small files, the usual `cat`): keep
                 # a clean copy so it stays readable when no remote answers.
-                info = ObjectInfo(key, len(data), time.time())
+                info = ObjectInfo(key, len(data), time.time_ns())
                 await self._cache_soon(functools.partial(self.cache.store_bytes, key, data, info))
             return data
         raise BackendUnavailable(f"{key!r} keeps changing under the read")
@@ -658,7 +659,7 @@ class FallbackChain:
                 return info
             if entry.op is Op.COPY:  # the content of a pending copy, under its new name
                 meta = entry.metadata if entry.metadata is not None else info.metadata
-                return ObjectInfo(key, info.size, info.mtime, info.etag, meta)
+                return ObjectInfo(key, info.size, info.mtime_ns, info.etag, meta)
             return info
         raise BackendUnavailable(f"{key!r} keeps changing under the download")
 
@@ -979,7 +980,7 @@ class FallbackChain:
 
     def _journal_info(self, entry: Entry) -> ObjectInfo:
         meta = dict(entry.metadata) if entry.metadata is not None else {}
-        return ObjectInfo(entry.key, entry.size, entry.created, None, meta)
+        return ObjectInfo(entry.key, entry.size, seconds_to_ns(entry.created), None, meta)
 
     async def _settle(self, entry: Entry) -> ObjectInfo | None:
         """Wait for the primary as the write mode says; what the caller gets back."""

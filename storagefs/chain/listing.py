@@ -18,7 +18,7 @@ import dataclasses
 import json
 from collections.abc import Iterable, Mapping
 
-from storagefs.backends.base import InvalidRequest, ListPage, ObjectInfo
+from storagefs.backends.base import InvalidRequest, ListPage, ObjectInfo, seconds_to_ns
 from storagefs.journal.store import Entry, Op
 
 
@@ -75,7 +75,7 @@ def last_name(page: ListPage) -> str | None:
 
 def overlay_info(entry: Entry) -> ObjectInfo:
     """How a pending PUT or COPY looks in a listing (no metadata, no etag yet)."""
-    return ObjectInfo(key=entry.key, size=entry.size, mtime=entry.created)
+    return ObjectInfo(key=entry.key, size=entry.size, mtime_ns=seconds_to_ns(entry.created))
 
 
 def merge(

@@ -35,7 +35,6 @@ import stat as stat_mod
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterable
-from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -284,7 +283,7 @@ def mtime_ns(info: ObjectInfo) -> int:
     ns = stored_mtime_ns(info.metadata)
     if ns is not None:
         return ns
-    return int(Decimal(repr(info.mtime)) * 1_000_000_000)
+    return info.mtime_ns
 
 
 def _finish(part: Path, path: Path, info: ObjectInfo) -> os.stat_result:
@@ -450,7 +449,11 @@ class BulkDownload:
                     info = await self.backend.download(inode_key(link_id), str(part))
                 st = await trio.to_thread.run_sync(_finish, part, path, info)
                 record = Record(
-                    planned.rel, planned.info.etag, st.st_size, planned.info.mtime, st.st_mtime_ns
+                    planned.rel,
+                    planned.info.etag,
+                    st.st_size,
+                    planned.info.mtime_ns,
+                    st.st_mtime_ns,
                 )
                 state.record(planned.key, record)
             except Exception as exc:

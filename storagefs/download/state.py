@@ -25,7 +25,7 @@ import stat as stat_mod
 from pathlib import Path
 from typing import IO, Any
 
-from storagefs.backends.base import ObjectInfo
+from storagefs.backends.base import ObjectInfo, seconds_to_ns
 from storagefs.posix_names import NAME_MAX
 
 log = logging.getLogger("storagefs.download")
@@ -45,7 +45,7 @@ class Record:
     path: str  # where the file went, relative to the destination
     etag: str | None  # as the listing reported it
     size: int  # of the local file
-    modified: float  # the store's last-modified time from the listing
+    modified_ns: int  # the store's last-modified time from the listing
     mtime_ns: int  # the local file's mtime as stat() read it back after the download
 
     def as_json(self) -> dict[str, Any]:
@@ -59,11 +59,20 @@ class Record:
                 path=str(raw["path"]),
                 etag=str(etag) if etag is not None else None,
                 size=int(raw["size"]),
-                modified=float(raw["modified"]),
+                modified_ns=_modified_ns(raw),
                 mtime_ns=int(raw["mtime_ns"]),
             )
         except (KeyError, TypeError, ValueError):
             return None
+
+
+def _modified_ns(raw: Any) -> int:
+    """``modified_ns``, or the float of seconds ``modified`` a state file written before
+    integer times has, to the nearest microsecond: the stores' times have no finer ones, so
+    the record still matches (a time it does not match costs one download again)."""
+    if "modified_ns" in raw:
+        return int(raw["modified_ns"])
+    return (seconds_to_ns(float(raw["modified"])) + 500) // 1000 * 1000
 
 
 def part_name(name: str) -> str:
@@ -159,7 +168,7 @@ class ResumeState:
         if listed.etag is not None and record.etag is not None:
             if listed.etag != record.etag:
                 return False
-        elif listed.mtime != record.modified:
+        elif listed.mtime_ns != record.modified_ns:
             return False
         try:
             st = path.lstat()

@@ -197,7 +197,7 @@ def attrs_from_object(
         perm = defaults.dir_mode if is_dir else defaults.file_mode
     mtime = text_to_ns(meta.get(META_MTIME), before_1970=True)
     if mtime is None:
-        mtime = int(info.mtime * NS) if info else time.time_ns()
+        mtime = info.mtime_ns if info else time.time_ns()
     ctime = text_to_ns(meta.get(META_CTIME), before_1970=True)
     atime = text_to_ns(meta.get(META_ATIME), before_1970=True)
     uid = meta_int(meta, META_UID)

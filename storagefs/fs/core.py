@@ -382,14 +382,14 @@ class Filesystem:
     ) -> None:
         """Remember what ``info`` carries: the answer to a HEAD (``headed``: its time is the
         store's) or the result of a write or copy (its time may be this machine's)."""
-        self._memo(info.key, info.etag, metadata, info.mtime, local_time=not headed)
+        self._memo(info.key, info.etag, metadata, info.mtime_ns, local_time=not headed)
 
     def _memo(
         self,
         key: str,
         etag: str | None,
         metadata: Mapping[str, str] | None,
-        mtime: float | None = None,
+        mtime: int | None = None,
         *,
         local_time: bool = True,
     ) -> None:
@@ -421,13 +421,13 @@ class Filesystem:
         wrote or saw are remembered (MetadataCache); the rest are HEADed here, in parallel,
         once — so ``ls -l`` shows stored attributes even on a fresh machine, and a second
         listing costs no HEAD at all (unlike s3fs, which HEADs every entry sequentially)."""
-        unknown: list[tuple[str, str | None, float | None]] = []  # (key, etag or "dir", mtime)
+        unknown: list[tuple[str, str | None, int | None]] = []  # (key, etag or "dir", mtime)
         for entry in listing.entries.values():
             if entry.is_dir:
                 unknown.append((dir_prefix(child_path(path, entry.name)), "dir", None))
             else:
                 assert entry.info is not None
-                unknown.append((entry.info.key, entry.info.etag, entry.info.mtime))
+                unknown.append((entry.info.key, entry.info.etag, entry.info.mtime_ns))
         known = self.meta.get_many(unknown)
         listing.meta = known
         missing = [(k, e) for k, e, _ in unknown if k not in known and e is not None]
@@ -441,7 +441,7 @@ class Filesystem:
         limiter = trio.CapacityLimiter(self.options.listing_head_parallelism)
 
         async def head(key: str, etag: str | None) -> None:
-            mtime: float | None = None  # directory markers are remembered without a time
+            mtime: int | None = None  # directory markers are remembered without a time
             async with limiter:
                 try:
                     info = await self.backend.stat(key)
@@ -453,7 +453,7 @@ class Filesystem:
                 else:
                     meta = info.metadata or {}
                     if etag != "dir":
-                        etag, mtime = info.etag, info.mtime
+                        etag, mtime = info.etag, info.mtime_ns
             self.meta.put(key, etag, meta, mtime)
             known[key] = dict(meta)
 
@@ -490,7 +490,7 @@ class Filesystem:
         if known is not None:
             meta = known.get(info.key)
         else:
-            meta = self.meta.get(info.key, info.etag, info.mtime)
+            meta = self.meta.get(info.key, info.etag, info.mtime_ns)
         link_id = link_of(meta)
         if link_id is not None:  # a name of a hard-linked file: its inode object's node
             node = self.links.entry_node(path, link_id, until)
@@ -536,7 +536,7 @@ class Filesystem:
             if entry is None:
                 raise FSError(errno.ENOENT)
             info = entry.info
-            known = None if info is None else self.meta.get(info.key, info.etag, info.mtime)
+            known = None if info is None else self.meta.get(info.key, info.etag, info.mtime_ns)
             link_id = link_of(known)
             if link_id is not None and self.links.cached(link_id) is None:
                 assert entry.info is not None
@@ -1098,7 +1098,7 @@ class Filesystem:
             self._start_stream(ofile)
         fh = self._new_fh()
         self._handles[fh] = Handle(ofile, writable=True, write_only=_write_only(flags))
-        self.dirs.add(where, Entry(name, False, ObjectInfo(path, 0, now / 1e9)))
+        self.dirs.add(where, Entry(name, False, ObjectInfo(path, 0, now)))
         self._touch_dir(where)
         return fh, node
 
@@ -1449,7 +1449,7 @@ class Filesystem:
             entry_info = await self.links.rename_pointer(src, dst, node)
         else:
             await self._rename_file(src, dst, node)
-            entry_info = ObjectInfo(dst, node.attrs.size, time.time(), node.etag)
+            entry_info = ObjectInfo(dst, node.attrs.size, time.time_ns(), node.etag)
         if target is not None:
             tofile = self._open.get(target.ino)
             if tofile is not None and target.link is None:
@@ -1535,12 +1535,12 @@ class Filesystem:
             new_key = dst + "/" + obj.key[len(prefix) :]
             is_marker = obj.key.endswith("/")
             # Directory markers are remembered under the etag "dir", with no time.
-            etag, mtime = ("dir", None) if is_marker else (obj.etag, obj.mtime)
+            etag, mtime = ("dir", None) if is_marker else (obj.etag, obj.mtime_ns)
             meta = self.meta.get(obj.key, etag, mtime)
             async with limiter:
                 info = await self.backend.copy(obj.key, new_key)
             if meta is not None:  # the copy keeps the metadata: so does our memory of it
-                etag, mtime = ("dir", None) if is_marker else (info.etag, info.mtime)
+                etag, mtime = ("dir", None) if is_marker else (info.etag, info.mtime_ns)
                 self._memo(new_key, etag, meta, mtime)
 
         await run_all(copy_one, objects)

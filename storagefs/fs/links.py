@@ -311,4 +311,4 @@ def pointer_body(link_id: str) -> bytes:
 
 
 def _with_metadata(info: ObjectInfo, meta: Mapping[str, str]) -> ObjectInfo:
-    return ObjectInfo(info.key, info.size, info.mtime, info.etag, dict(meta))
+    return ObjectInfo(info.key, info.size, info.mtime_ns, info.etag, dict(meta))

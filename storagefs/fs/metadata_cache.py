@@ -23,18 +23,21 @@ time (a listing of prefixes shows none).
 from __future__ import annotations
 
 import json
-import math
 import sqlite3
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+
+from storagefs.backends.base import NS
 
 # How far the store's clock may be ahead of ours, as seen in a written object's last-modified
 # time. A clock further off only costs one HEAD per object this mount wrote.
 CLOCK_SLACK = 2
 
 
-def _seconds(mtime: float | None) -> int | None:
-    return None if mtime is None else math.floor(mtime)
+def _seconds(mtime_ns: int | None) -> int | None:
+    # Stamps stay whole seconds (the stores' listings have no finer times, and an old cache
+    # file needs no migration); floor division of the exact nanoseconds, as floor() was.
+    return None if mtime_ns is None else mtime_ns // NS
 
 
 class MetadataCache:
@@ -61,15 +64,15 @@ class MetadataCache:
     def close(self) -> None:
         self._db.close()
 
-    def get(self, key: str, etag: str | None, mtime: float | None) -> dict[str, str] | None:
+    def get(self, key: str, etag: str | None, mtime: int | None) -> dict[str, str] | None:
         """The metadata of ``key`` if it is remembered for this etag and a last-modified time
-        of ``mtime`` (None: any time, for directory markers)."""
+        of ``mtime`` (nanoseconds; None: any time, for directory markers)."""
         if etag is None:
             return None
         return self.get_many([(key, etag, mtime)]).get(key)
 
     def get_many(
-        self, objects: Iterable[tuple[str, str | None, float | None]]
+        self, objects: Iterable[tuple[str, str | None, int | None]]
     ) -> dict[str, dict[str, str]]:
         """What :meth:`get` answers for each (key, etag, mtime), in one query per 500 keys."""
         wanted = {k: (e, _seconds(m)) for k, e, m in objects if e is not None}
@@ -100,7 +103,7 @@ class MetadataCache:
         key: str,
         etag: str | None,
         metadata: Mapping[str, str],
-        mtime: float | None,
+        mtime: int | None,
         *,
         local_time: bool = False,
     ) -> None:

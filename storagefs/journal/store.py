@@ -103,7 +103,7 @@ class Entry:
     metadata: Mapping[str, str] | None  # PUT: the object's; COPY: replacement, None keeps src's
     size: int  # PUT: content bytes; COPY: the source's size when journaled (for the overlay)
     sha256: str | None  # PUT only
-    created: float  # wall clock
+    created: float  # wall clock, seconds (what it shows as a time: seconds_to_ns)
     content: str | None  # file name under content/; None when inline (or not a PUT)
 
     def keys(self) -> tuple[str, ...]:

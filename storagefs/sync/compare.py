@@ -25,8 +25,9 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Mapping
+from decimal import Decimal
 
-from storagefs.backends.base import ObjectInfo
+from storagefs.backends.base import NS, ObjectInfo
 
 # The metadata entry reconciliation writes on the secondary's copies. Lowercase letters only:
 # Azure stores it as is, and it is not one of the POSIX attributes the mount reads.
@@ -46,7 +47,9 @@ def version_of(info: ObjectInfo) -> str:
     """What identifies this version of the primary's object (the value of :data:`MARK`)."""
     if info.etag:
         return f"{info.size}:{info.etag}"
-    return f"{info.size}:mtime={info.mtime:.6f}"
+    # Six decimals as when the time was a float: marks written then still match. Decimal
+    # keeps the division exact (the stores' times have whole microseconds at most).
+    return f"{info.size}:mtime={Decimal(info.mtime_ns) / NS:.6f}"
 
 
 def content_md5(info: ObjectInfo, etags_are_md5: bool) -> str | None:

@@ -49,6 +49,7 @@ from storagefs.backends.base import (
     NotFound,
     PermissionDenied,
     TransientError,
+    datetime_to_ns,
 )
 from storagefs.config import Settings
 from storagefs.devtools import emulators
@@ -394,7 +395,7 @@ async def test_small_write_is_a_single_put(azure_container: AzureContainer, tmp_
         props = blob.get_blob_properties()
     assert committed == []  # Put Blob, no staged blocks
     assert written.etag == props.etag.strip('"')
-    assert written.mtime == props.last_modified.timestamp()
+    assert written.mtime_ns == datetime_to_ns(props.last_modified)
 
 
 async def test_reads_past_the_end_and_of_empty_blobs_are_empty(

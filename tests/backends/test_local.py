@@ -38,7 +38,7 @@ async def test_keys_are_files_and_metadata_is_in_xattrs(backend: LocalBackend) -
     assert os.getxattr(path, XATTR_PREFIX + "uid") == b"7"
     info = await backend.stat("a/b c/d.txt")
     st = path.stat()
-    assert (info.mtime, info.etag) == (st.st_mtime, f"{st.st_mtime_ns}-5")
+    assert (info.mtime_ns, info.etag) == (st.st_mtime_ns, f"{st.st_mtime_ns}-5")
 
 
 async def test_files_made_outside_are_objects(backend: LocalBackend) -> None:

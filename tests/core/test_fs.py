@@ -195,9 +195,9 @@ async def test_implicit_dirs_markers_and_10000_entries(
     fs: Filesystem, backend: MemoryBackend
 ) -> None:
     for i in range(10_000):
-        backend.objects[f"many/f{i:05d}"] = (b"", {}, 0.0)
-    backend.objects["implicit/deep/file"] = (b"x", {}, 0.0)
-    backend.objects["empty/"] = (b"", {}, 0.0)
+        backend.objects[f"many/f{i:05d}"] = (b"", {}, 0)
+    backend.objects["implicit/deep/file"] = (b"x", {}, 0)
+    backend.objects["empty/"] = (b"", {}, 0)
     dh = await fs.opendir(ROOT_INODE)
     names = [e.name for e in fs.readdir(dh, 0)]
     assert names == ["empty", "implicit", "many"]
@@ -230,7 +230,7 @@ async def test_one_listing_serves_readdir_and_lookups(
 
 async def test_invalid_keys_are_left_out(fs: Filesystem, backend: MemoryBackend) -> None:
     for key in ["ok", "a//b", "dot/./x", "dd/../y", "x" * 300, ".health", "good/.."]:
-        backend.objects[key] = (b"1", {}, 0.0)
+        backend.objects[key] = (b"1", {}, 0)
     dh = await fs.opendir(ROOT_INODE)
     names = {e.name for e in fs.readdir(dh, 0)}
     assert names == {"ok", "a", "dot", "dd", "good"}
@@ -319,7 +319,7 @@ async def test_listing_shows_remembered_metadata(
     (entry,) = fresh.readdir(dh, 0)
     assert stat.S_IMODE(entry.node.attrs.mode) == 0o600
     # Changed behind our back: the etag no longer matches, so defaults apply until a HEAD.
-    backend.objects["f"] = (b"other!", {}, 0.0)
+    backend.objects["f"] = (b"other!", {}, 0)
     fresh2 = make_fs(backend, tmp_path)
     fresh2.attach(nursery)
     dh = await fresh2.opendir(ROOT_INODE)
@@ -352,7 +352,7 @@ async def test_behind_the_back_changes_seen_after_ttl(
     fs = make_fs(backend, tmp_path, ttl=0.0)
     fs.attach(nursery)
     await write_file(fs, "f", b"one")
-    backend.objects["f"] = (b"second", {}, 0.0)
+    backend.objects["f"] = (b"second", {}, 0)
     assert await read_file(fs, "f") == b"second"
     del backend.objects["f"]
     with pytest.raises(FSError) as e:
@@ -420,9 +420,9 @@ async def test_cold_listing_fetches_stored_attributes_once(
     backend: MemoryBackend, tmp_path: Path, nursery: trio.Nursery
 ) -> None:
     for i in range(20):
-        backend.objects[f"f{i}"] = (b"x", {META_MODE: str(0o100600)}, 0.0)
-    backend.objects["d/"] = (b"", {META_MODE: str(0o40700)}, 0.0)
-    backend.objects["implicit/x"] = (b"", {}, 0.0)
+        backend.objects[f"f{i}"] = (b"x", {META_MODE: str(0o100600)}, 0)
+    backend.objects["d/"] = (b"", {META_MODE: str(0o40700)}, 0)
+    backend.objects["implicit/x"] = (b"", {}, 0)
     fs = make_fs(backend, tmp_path, ttl=0.0)
     fs.attach(nursery)
     dh = await fs.opendir(ROOT_INODE)
@@ -445,7 +445,7 @@ async def test_health_tree_is_virtual_and_read_only(
     core = make_fs(backend, tmp_path)
     core.attach(nursery)
     fs = HealthRouter(core, provider)
-    backend.objects[".health/x"] = (b"shadowed", {}, 0.0)
+    backend.objects[".health/x"] = (b"shadowed", {}, 0)
     root = await fs.lookup(ROOT_INODE, ".health")
     dh = await fs.opendir(root.ino)
     assert [e.name for e in fs.readdir(dh, 0)] == ["backends", "status.json"]
@@ -586,8 +586,8 @@ async def test_a_directory_is_found_while_the_head_of_its_name_hangs(
     tmp_path: Path, nursery: trio.Nursery
 ) -> None:
     backend = HeadsHang({"d", "f"})
-    backend.objects["d/x"] = (b"x", {}, 1.0)
-    backend.objects["f"] = (b"file", {}, 1.0)
+    backend.objects["d/x"] = (b"x", {}, 1_000_000_000)
+    backend.objects["f"] = (b"file", {}, 1_000_000_000)
     fs = make_fs(backend, tmp_path)
     fs.attach(nursery)
     with trio.fail_after(5):  # without the probe beside the HEAD: never

@@ -27,7 +27,7 @@ async def test_a_missing_name_is_trusted_as_long_as_the_listing(
     fs.attach(nursery)
     clock = [1000.0]
     fs._now = lambda: clock[0]  # type: ignore[method-assign]
-    backend.objects["d/f"] = (b"f", {}, 0.0)
+    backend.objects["d/f"] = (b"f", {}, 0)
     d = await resolve(fs, "d")
     with pytest.raises(FSError):
         await fs.lookup(d, "missing")

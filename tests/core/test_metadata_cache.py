@@ -16,15 +16,16 @@ from storagefs.fs.metadata_cache import CLOCK_SLACK, MetadataCache
 from tests.core.conftest import make_fs, resolve, write_file
 from tests.fakes import MemoryBackend
 
-T = 1_700_000_000.0
+S = 1_000_000_000  # the cache takes nanoseconds
+T = 1_700_000_000 * S
 
 
 def test_an_entry_answers_for_its_etag_and_no_later_time(tmp_path: Path) -> None:
     cache = MetadataCache(tmp_path / "m.db")
-    cache.put("k", "e1", {"mode": "1"}, T + 0.7)  # what a HEAD said: the store's time
+    cache.put("k", "e1", {"mode": "1"}, T + 7 * S // 10)  # what a HEAD said: the store's time
     assert cache.get("k", "e1", T) == {"mode": "1"}  # a listing in whole seconds
-    assert cache.get("k", "e1", T + 0.9) == {"mode": "1"}
-    assert cache.get("k", "e1", T + 1) is None  # modified since, the content unchanged
+    assert cache.get("k", "e1", T + 9 * S // 10) == {"mode": "1"}
+    assert cache.get("k", "e1", T + 1 * S) is None  # modified since, the content unchanged
     assert cache.get("k", "e2", T) is None
     assert cache.get("k", None, T) is None
 
@@ -36,12 +37,12 @@ def test_a_write_of_this_mount_is_answered_with_slack_then_by_the_stores_time(
     version (clocks differ), and once a listing showed it, that time is the entry's."""
     cache = MetadataCache(tmp_path / "m.db")
     cache.put("k", "e", {"mode": "1"}, T, local_time=True)
-    assert cache.get("k", "e", T + CLOCK_SLACK + 1) is None  # beyond the slack: a miss
-    assert cache.get("k", "e", T + 1) == {"mode": "1"}  # within: the store's time, adopted
-    assert cache.get("k", "e", T + 2) is None  # later than the adopted time: changed since
+    assert cache.get("k", "e", T + (CLOCK_SLACK + 1) * S) is None  # beyond the slack: a miss
+    assert cache.get("k", "e", T + 1 * S) == {"mode": "1"}  # within: the store's time, adopted
+    assert cache.get("k", "e", T + 2 * S) is None  # later than the adopted time: changed since
     reopened = MetadataCache(tmp_path / "m.db")  # adopted on disk, not just in memory
-    assert reopened.get("k", "e", T + 2) is None
-    assert reopened.get("k", "e", T + 1) == {"mode": "1"}
+    assert reopened.get("k", "e", T + 2 * S) is None
+    assert reopened.get("k", "e", T + 1 * S) == {"mode": "1"}
 
 
 def test_a_cache_from_before_the_time_check_is_kept_and_learns_the_time(tmp_path: Path) -> None:
@@ -52,7 +53,7 @@ def test_a_cache_from_before_the_time_check_is_kept_and_learns_the_time(tmp_path
     db.close()
     cache = MetadataCache(tmp_path / "old.db")
     assert cache.get("k", "e", T) == {"mode": "1"}  # no HEAD storm after an upgrade
-    assert cache.get("k", "e", T + 5) is None  # and from then on the time counts
+    assert cache.get("k", "e", T + 5 * S) is None  # and from then on the time counts
     assert cache.get("k", "e", None) == {"mode": "1"}  # directory markers carry no time
 
 
@@ -68,7 +69,7 @@ async def test_a_chmod_made_elsewhere_is_seen_though_the_etag_is_the_same(
     # Another mount chmods it a minute later: a copy onto itself, new metadata, same bytes.
     data, meta, mtime = backend.objects["f"]
     etag = backend._info("f").etag
-    backend.objects["f"] = (data, {**meta, META_MODE: str(0o100755)}, mtime + 60)
+    backend.objects["f"] = (data, {**meta, META_MODE: str(0o100755)}, mtime + 60 * S)
     assert backend._info("f").etag == etag
     node = await here.getattr(await resolve(here, "f"))
     assert stat.S_IMODE(node.attrs.mode) == 0o755

@@ -278,7 +278,7 @@ class FsModel(RuleBasedStateMachine):
         path = f"{parent}/{name}" if parent else name
         if path in self.dirs:
             return
-        self.backend.objects[path] = (data, {}, 0.0)
+        self.backend.objects[path] = (data, {}, 0)
         self.files[path] = data
         self.drop_name(path)  # a plain object now, whatever it was
 

@@ -171,7 +171,7 @@ def test_codec_reads_every_time_format_and_type() -> None:
     assert object_kind({"mode": str(stat.S_IFDIR | 0o755)}) == stat.S_IFREG  # not on a file
     assert object_kind({"mode": "junk"}) == stat.S_IFREG
 
-    info = ObjectInfo("k", 3, 1_600_000_000.0)
+    info = ObjectInfo("k", 3, 1_600_000_000 * 10**9)
     defaults = Defaults(uid=7, gid=8, file_mode=0o640, dir_mode=0o750)
     attrs = attrs_from_object(info, False, defaults, {})
     assert (attrs.mode, attrs.uid, attrs.gid) == (stat.S_IFREG | 0o640, 7, 8)

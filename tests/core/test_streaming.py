@@ -56,7 +56,7 @@ class _Upload:
         self.store.calls.append(("complete", self.key))
         await trio.lowlevel.checkpoint()
         data = b"".join(self.parts[n] for n in sorted(self.parts))
-        self.store.objects[self.key] = (data, self.metadata, time.time())
+        self.store.objects[self.key] = (data, self.metadata, time.time_ns())
         return self.store._info(self.key)
 
     async def abort(self) -> None:

@@ -176,7 +176,7 @@ async def test_backend_errors_leave_the_core_as_its_own_error(
     tmp_path: Path, nursery: trio.Nursery, error: Exception, expected: int
 ) -> None:
     backend = Refusing(error)
-    backend.objects["old"] = (b"data", {}, 0.0)
+    backend.objects["old"] = (b"data", {}, 0)
     fs = make_fs(backend, tmp_path)
     fs.attach(nursery)
     # A metadata change (a server-side copy) and a rename: the error is converted at the edge.
