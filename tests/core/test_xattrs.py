@@ -44,7 +44,7 @@ def fresh(
 
 def put_foreign(backend: MemoryBackend, key: str, data: bytes = b"data") -> None:
     """An object another tool wrote: its own metadata, none of ours."""
-    backend.objects[key] = (data, dict(FOREIGN), 1_700_000_000.0)
+    backend.objects[key] = (data, dict(FOREIGN), 1_700_000_000 * 10**9)
 
 
 def assert_foreign_kept(backend: MemoryBackend, key: str) -> None:
@@ -60,7 +60,7 @@ async def test_attribute_changes_keep_other_tools_metadata(
     backend: MemoryBackend, tmp_path: Path, nursery: trio.Nursery, change: str
 ) -> None:
     put_foreign(backend, "f")
-    backend.objects["d/"] = (b"", dict(FOREIGN), 1_700_000_000.0)
+    backend.objects["d/"] = (b"", dict(FOREIGN), 1_700_000_000 * 10**9)
     fs = fresh(backend, tmp_path, nursery)
     for key, name in (("f", "f"), ("d/", "d")):
         ino = await resolve(fs, name)
@@ -167,7 +167,7 @@ async def test_reads_what_s3fs_wrote_and_keeps_its_other_namespaces(
     backend: MemoryBackend, tmp_path: Path, nursery: trio.Nursery
 ) -> None:
     entry = s3fs_entry({"user.tag": b"x", "system.posix_acl_access": b"\x02\x00\x00\x00"})
-    backend.objects["f"] = (b"data", {"mode": "33188", "xattr": entry}, 1_700_000_000.0)
+    backend.objects["f"] = (b"data", {"mode": "33188", "xattr": entry}, 1_700_000_000 * 10**9)
     fs = fresh(backend, tmp_path, nursery)
     ino = await resolve(fs, "f")
     assert await fs.listxattr(ino) == [b"user.tag"]  # only the namespace the mount serves
