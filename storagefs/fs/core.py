@@ -775,8 +775,9 @@ class Filesystem:
                 if fh is None:  # truncate(2) by path: nothing will flush it later
                     await self._upload(ofile)
             finally:
-                if fh is None:
-                    self._release_ofile(ofile)
+                # The count _ofile_for took, with or without a handle (an ftruncate's handle
+                # holds its own): a leaked one kept the staging file for the mount's life.
+                self._release_ofile(ofile)
             return node
         current = self._open.get(node.ino)
         node.attrs = attrs

@@ -272,3 +272,21 @@ async def test_only_write_only_handles_of_plain_files_bypass_the_page_cache(
         assert not fs.writes_bypass_page_cache(fh[0]), oct(bits)
         await fs.release(fh[0])
     assert not fs.writes_bypass_page_cache(12345)  # not a handle
+
+
+async def test_an_ftruncate_leaves_no_staging_file_after_the_close(tmp_path: Path) -> None:
+    """setattr(size, fh) took a count of the open file it never gave back: the file stayed
+    open for the mount's life, its staging copy with it."""
+    backend = MemoryBackend()
+    await backend.write_bytes("f", b"0123456789", {})
+    fs = make_fs(backend, tmp_path)
+    ino = await resolve(fs, "f")
+    fh, _ = await fs.open(ino, os.O_RDWR)
+    await fs.setattr(ino, size=4, fh=fh)  # ftruncate(fd, 4)
+    await fs.write(fh, 4, b"!")
+    await fs.flush(fh)
+    await fs.release(fh)
+    assert backend.objects["f"][0] == b"0123!"
+    assert fs.dirty_files == 0
+    await emptied(tmp_path)  # the staging file went back to the pool, emptied
+    fs.close()
