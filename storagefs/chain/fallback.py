@@ -44,8 +44,10 @@ from storagefs.backends.base import (
     ListPage,
     NotFound,
     ObjectInfo,
+    StoreBase,
     TransientError,
     Upload,
+    as_store,
     peek,
     start_upload,
 )
@@ -141,7 +143,7 @@ class _PrimaryUpload:
         await self._inner.abort()
 
 
-class FallbackChain:
+class FallbackChain(StoreBase):
     name = "chain"
 
     def __init__(
@@ -889,6 +891,10 @@ class FallbackChain:
             self._saw(self.primary.name, exc)
             return None
         return None if upload is None else _PrimaryUpload(self, key, upload)
+
+    @property
+    def streams(self) -> bool:
+        return as_store(self.primary).streams
 
     async def write_bytes(self, key: str, data: bytes, metadata: Mapping[str, str]) -> ObjectInfo:
         if self._direct(key):
