@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from storagefs.chain.cache import Cache
 from storagefs.chain.fallback import FallbackChain
+from storagefs.chain.options import ChainOptions
 from storagefs.config import Settings
 from storagefs.journal.store import Journal
 from tests.fakes import MemoryBackend
@@ -46,7 +47,9 @@ async def chain_run(directory: Path, count: int, size: int, mode: str, inline_ma
     journal = Journal(
         directory / "journal", ["primary", "secondary"], 10**10, inline_max=inline_max
     )
-    chain = FallbackChain(remotes, journal, Cache(directory / "cache", 0), settings)
+    chain = FallbackChain(
+        remotes, journal, Cache(directory / "cache", 0), ChainOptions.from_settings(settings)
+    )
     await chain.open()
     data = os.urandom(size)
     staging = directory / "staging"

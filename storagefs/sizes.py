@@ -25,7 +25,7 @@ PEEK_BYTES = 64 * KIB
 # Journal entries up to this size keep their content in SQLite, larger ones in a content file
 # (journal/store.py; measured: inline 4 KiB PUT ~0.5 ms vs ~1.3 ms with a content file).
 JOURNAL_INLINE_MAX = 64 * KIB
-# Direct writes up to this size are also copied into the local cache (chain/fallback.py).
+# Direct writes up to this size are also copied into the local cache (chain/writes.py).
 SMALL_CACHE_COPY = 1 * MIB
 # One ranged GET of a clean file's read path (Settings.read_chunk_size's default).
 READ_CHUNK = 8 * MIB

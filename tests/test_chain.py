@@ -610,6 +610,7 @@ async def test_a_whole_small_object_read_is_cached_for_outages(tmp_path: Path) -
     no remote answers (the core reads ranges, never download(), for files it only reads)."""
     from storagefs.chain.cache import Cache
     from storagefs.chain.fallback import FallbackChain
+    from storagefs.chain.options import ChainOptions
     from storagefs.config import Settings
     from storagefs.journal.store import Journal
     from tests.fakes import MemoryBackend
@@ -622,7 +623,7 @@ async def test_a_whole_small_object_read_is_cached_for_outages(tmp_path: Path) -
         [primary],
         Journal(tmp_path / "j", ["p"], 1 << 30),
         Cache(tmp_path / "c", 1 << 20),
-        settings,
+        ChainOptions.from_settings(settings),
     )
     await chain.open()
     assert await chain.read("k", 0, 1 << 20) == b"small"

@@ -44,7 +44,7 @@ async def test_a_temporary_name_is_uploaded_once_under_its_final_name(tmp_path: 
         assert await forget_unstored(chain, TMP)
         assert chain.journal.entries_of(TMP) == []
         assert await chain.flush(5)
-        await trio.sleep(chain.settings.write_back_delay + 0.5)  # past the hold
+        await trio.sleep(chain.options.write_back_delay + 0.5)  # past the hold
         assert contents(primary) == {FINAL: b"v1"}
         assert primary.calls["write_bytes"] == 1
         assert primary.calls["copy"] == primary.calls["delete"] == 0

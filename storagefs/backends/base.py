@@ -204,21 +204,6 @@ _ENCODING_TYPES = {
 }
 
 
-async def peek(backend: Backend, key: str, length: int) -> tuple[ObjectInfo, bytes]:
-    """What ``stat`` says of ``key`` plus its first ``length`` bytes.
-
-    A backend may implement ``peek`` itself in one request (S3: a ranged GET carries the
-    same headers a HEAD does), which makes a cold ``cat`` of a small file one round trip
-    instead of two. Without it, this is ``stat`` then ``read``."""
-    own = getattr(backend, "peek", None)
-    if own is not None:
-        result: tuple[ObjectInfo, bytes] = await own(key, length)
-        return result
-    info = await backend.stat(key)
-    data = await backend.read(key, 0, min(length, info.size)) if info.size else b""
-    return info, data
-
-
 class Upload(Protocol):
     """An object uploaded in parts while it is still being written (S3 multipart upload).
 
@@ -238,44 +223,164 @@ class Upload(Protocol):
         ...
 
 
-async def start_upload(backend: Backend, key: str, metadata: Mapping[str, str]) -> Upload | None:
-    """A streaming upload of ``key``, or None when ``backend`` has none (then upload the
-    finished file with ``write``). Optional like :func:`peek`: S3 has it, Azure and local
-    directories do not."""
-    own = getattr(backend, "start_upload", None)
-    if own is None:
+class Store(Backend, Protocol):
+    """The contract the filesystem core uses: a :class:`Backend` plus five capabilities a
+    store *may not support*. Each has a default that is right for a store without it (the
+    defaults live in one place, :class:`StoreBase`); a store that has one overrides it.
+
+    ``peek``, ``start_upload`` and ``streams`` are the stores' own (S3 has both); the other
+    three belong to a journal in front of the stores (the chain), which can drop changes that
+    never reached any store. Plain backends apply every change at once, so to them a new key
+    is nothing to remember and there is never anything to forget."""
+
+    @property
+    def streams(self) -> bool:
+        """Whether :meth:`start_upload` can return an :class:`Upload` (False: always None)."""
+        ...
+
+    async def peek(self, key: str, length: int) -> tuple[ObjectInfo, bytes]:
+        """What ``stat`` says of ``key`` plus its first ``length`` bytes. A store may do it in
+        one request (S3: a ranged GET carries the same headers a HEAD does), which makes a
+        cold ``cat`` of a small file one round trip instead of two. Default: ``stat`` then
+        ``read``."""
+        ...
+
+    async def start_upload(self, key: str, metadata: Mapping[str, str]) -> Upload | None:
+        """A streaming upload of ``key``, or None when there is none (then upload the
+        finished file with ``write``). Default: None."""
+        ...
+
+    def note_created(self, key: str) -> None:
+        """``key`` was just made new: no store holds it (the caller looked it up).
+        Default: nothing to remember."""
+        ...
+
+    async def make_durable(self) -> None:
+        """What ``fsync()`` asks: every change acknowledged so far survives a power cut.
+        Default: nothing to do (a plain backend has applied each change when it returned; a
+        journal in front of it may have written some without an fsync)."""
+        ...
+
+    async def forget_unstored(self, key: str) -> bool:
+        """Drop the pending changes of ``key`` when no store has ever held it since
+        :meth:`note_created`, so removing it (an unlink, a rename away) needs no request.
+        False, dropping nothing, when a store may hold it: then delete it as usual.
+        Default: False."""
+        ...
+
+
+class StoreBase:
+    """The defaults of :class:`Store`'s capabilities, for a :class:`Backend` class to inherit
+    (it then declares the store contract: :func:`as_store` takes it as it is). A class that
+    has a capability overrides the method (and ``streams`` with ``start_upload``)."""
+
+    @property
+    def streams(self) -> bool:
+        return False
+
+    async def peek(self: Backend, key: str, length: int) -> tuple[ObjectInfo, bytes]:
+        info = await self.stat(key)
+        data = await self.read(key, 0, min(length, info.size)) if info.size else b""
+        return info, data
+
+    async def start_upload(self, key: str, metadata: Mapping[str, str]) -> Upload | None:
         return None
-    upload: Upload | None = await own(key, metadata)
-    return upload
+
+    def note_created(self, key: str) -> None:
+        return None
+
+    async def make_durable(self) -> None:
+        return None
+
+    async def forget_unstored(self, key: str) -> bool:
+        return False
 
 
-# A journal in front of the stores (the chain) can drop changes that never reached any store.
-# These are optional like peek: plain backends apply every change at once, so to them a
-# new key is nothing to remember and there is never anything to forget.
+class PlainStore(StoreBase):
+    """Any :class:`Backend` as a :class:`Store`: its own calls plus the defaults."""
+
+    def __init__(self, inner: Backend) -> None:
+        self.inner = inner
+        self.name = inner.name
+
+    def describe(self) -> str:
+        return self.inner.describe()
+
+    async def open(self) -> None:
+        await self.inner.open()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    async def stat(self, key: str) -> ObjectInfo:
+        return await self.inner.stat(key)
+
+    async def list(
+        self,
+        prefix: str,
+        *,
+        delimiter: str | None = "/",
+        token: str | None = None,
+        limit: int = 1000,
+    ) -> ListPage:
+        return await self.inner.list(prefix, delimiter=delimiter, token=token, limit=limit)
+
+    async def read(self, key: str, offset: int, length: int) -> bytes:
+        return await self.inner.read(key, offset, length)
+
+    async def download(self, key: str, dest: str) -> ObjectInfo:
+        return await self.inner.download(key, dest)
+
+    async def write(self, key: str, source: str, metadata: Mapping[str, str]) -> ObjectInfo:
+        return await self.inner.write(key, source, metadata)
+
+    async def write_bytes(self, key: str, data: bytes, metadata: Mapping[str, str]) -> ObjectInfo:
+        return await self.inner.write_bytes(key, data, metadata)
+
+    async def delete(self, key: str) -> None:
+        await self.inner.delete(key)
+
+    async def copy(
+        self, src: str, dst: str, metadata: Mapping[str, str] | None = None
+    ) -> ObjectInfo:
+        return await self.inner.copy(src, dst, metadata)
+
+    async def health(self) -> None:
+        await self.inner.health()
+
+
+def as_store(backend: Backend) -> Store:
+    """``backend`` as a :class:`Store`: itself when its class inherits :class:`StoreBase`
+    (it declared the contract), else :class:`PlainStore` around it (the defaults)."""
+    if isinstance(backend, StoreBase):
+        return backend
+    return PlainStore(backend)
+
+
+# The capabilities as functions of any Backend, for callers that hold a plain Backend.
+
+
+async def peek(backend: Backend, key: str, length: int) -> tuple[ObjectInfo, bytes]:
+    """:meth:`Store.peek` of ``backend`` (``stat`` then ``read`` when it has no own)."""
+    return await as_store(backend).peek(key, length)
+
+
+async def start_upload(backend: Backend, key: str, metadata: Mapping[str, str]) -> Upload | None:
+    """:meth:`Store.start_upload` of ``backend``: None when it has no streaming upload (S3
+    has one, Azure and local directories do not)."""
+    return await as_store(backend).start_upload(key, metadata)
 
 
 def note_created(backend: Backend, key: str) -> None:
-    """``key`` was just made new: no store holds it (the caller looked it up)."""
-    own = getattr(backend, "note_created", None)
-    if own is not None:
-        own(key)
+    """:meth:`Store.note_created` of ``backend``."""
+    as_store(backend).note_created(key)
 
 
 async def make_durable(backend: Backend) -> None:
-    """What ``fsync()`` asks: every change acknowledged so far survives a power cut. Plain
-    backends have applied each change when it returned; a journal in front of them may have
-    written some without an fsync (the chain's held temporary names)."""
-    own = getattr(backend, "make_durable", None)
-    if own is not None:
-        await own()
+    """:meth:`Store.make_durable` of ``backend``."""
+    await as_store(backend).make_durable()
 
 
 async def forget_unstored(backend: Backend, key: str) -> bool:
-    """Drop the pending changes of ``key`` when no store has ever held it since
-    :func:`note_created`, so removing it (an unlink, a rename away) needs no request. False,
-    dropping nothing, when a store may hold it: then delete it as usual."""
-    own = getattr(backend, "forget_unstored", None)
-    if own is None:
-        return False
-    forgotten: bool = await own(key)
-    return forgotten
+    """:meth:`Store.forget_unstored` of ``backend``: False when it has nothing to forget."""
+    return await as_store(backend).forget_unstored(key)

@@ -38,6 +38,7 @@ from storagefs.backends.base import (
     NotFound,
     ObjectInfo,
     PermissionDenied,
+    StoreBase,
     TransientError,
     content_type,
     datetime_to_ns,
@@ -182,7 +183,11 @@ def _no_wait_for_continue(request: Any, **_: Any) -> None:
         request.headers.pop("Expect", None)
 
 
-class S3Backend:
+class S3Backend(StoreBase):
+    @property
+    def streams(self) -> bool:
+        return True  # start_upload: a multipart upload
+
     def __init__(self, bucket: str, prefix: str, settings: Settings, name: str = "s3") -> None:
         self.name = name
         self.bucket = bucket

@@ -30,9 +30,10 @@ from typing import Any, Protocol, TypeVar
 
 import trio
 
-from storagefs.backends.base import Backend, ListPage, NotFound, ObjectInfo, peek
+from storagefs.backends.base import ListPage, NotFound, ObjectInfo, StoreBase, Upload, peek
 from storagefs.observability import metric_names as m
 from storagefs.observability.redact import redact
+from storagefs.resilience.stats import Remote, RemoteState
 
 T = TypeVar("T")
 
@@ -96,7 +97,7 @@ class Telemetry:
         if self.enabled:
             backend.add_state_listener(self.breaker_changed)
 
-    def instrument(self, backend: Backend) -> Backend:
+    def instrument(self, backend: Remote) -> Remote:
         """``backend`` with its calls timed, or ``backend`` itself when telemetry is off."""
         return InstrumentedBackend(backend, self) if self.enabled else backend
 
@@ -276,8 +277,10 @@ def telemetry_from_environment(environ: Mapping[str, str] | None = None) -> Tele
     return Telemetry()
 
 
-class InstrumentedBackend:
-    """``inner`` with every call timed and reported to ``telemetry``; itself a Backend.
+class InstrumentedBackend(StoreBase):
+    """``inner`` with every call timed and reported to ``telemetry``; itself a
+    :class:`~storagefs.resilience.stats.Remote` with the inner one's state and streaming
+    uploads (those are not timed here: each part is a call of the inner one).
 
     A result or NotFound counts as success (the store answered); any other exception as a
     failure. Cancelled calls are not reported: the caller gave up, the store did not fail.
@@ -287,7 +290,7 @@ class InstrumentedBackend:
 
     def __init__(
         self,
-        inner: Backend,
+        inner: Remote,
         telemetry: Telemetry,
         *,
         clock: Callable[[], float] = time.perf_counter,
@@ -304,6 +307,17 @@ class InstrumentedBackend:
 
     def describe(self) -> str:
         return self.inner.describe()
+
+    @property
+    def state(self) -> RemoteState:
+        return self.inner.state
+
+    @property
+    def streams(self) -> bool:
+        return self.inner.streams
+
+    async def start_upload(self, key: str, metadata: Mapping[str, str]) -> Upload | None:
+        return await self.inner.start_upload(key, metadata)
 
     async def _timed(self, op: str, call: Callable[[], Any]) -> Any:
         started = self._clock()

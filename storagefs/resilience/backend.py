@@ -57,8 +57,10 @@ from storagefs.backends.base import (
     ListPage,
     NotFound,
     ObjectInfo,
+    StoreBase,
     TransientError,
     Upload,
+    as_store,
     peek,
     start_upload,
 )
@@ -297,8 +299,9 @@ class _StopWhen(tenacity.stop.stop_base):
         return self._condition()
 
 
-class ResilientBackend:
-    """``inner`` behind timeouts, retries and a circuit breaker; itself a :class:`Backend`.
+class ResilientBackend(StoreBase):
+    """``inner`` behind timeouts, retries and a circuit breaker; itself a
+    :class:`~storagefs.resilience.stats.Remote`: a store whose :attr:`state` it keeps.
 
     ``clock`` must tick with trio's clock (the default is ``trio.current_time``): cancel scopes
     and sleeps use trio's clock, and the breaker timer and latencies use this one.
@@ -473,7 +476,7 @@ class ResilientBackend:
     async def start_upload(self, key: str, metadata: Mapping[str, str]) -> Upload | None:
         """The inner backend's streaming upload, each of its calls retried like any other
         operation (a part is retried alone); None when the backend has none."""
-        if getattr(self.inner, "start_upload", None) is None:
+        if not self.streams:
             return None
         upload = await self._call(
             "start_upload", key, lambda: start_upload(self.inner, key, metadata)
@@ -484,6 +487,10 @@ class ResilientBackend:
         # One attempt: the health refresher asks again soon anyway, and its answer should be
         # about now. Through the breaker, so a health check can be the half-open probe.
         await self._call("health", "", self.inner.health, attempts=1)
+
+    @property
+    def streams(self) -> bool:
+        return as_store(self.inner).streams
 
     # --- sizes for transfer timeouts ------------------------------------------------------
 

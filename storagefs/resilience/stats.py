@@ -12,7 +12,9 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
+
+from storagefs.backends.base import Store
 
 # Messages are cut so one odd SDK message cannot blow up a health file or a log line.
 MAX_MESSAGE_CHARS = 300
@@ -309,3 +311,16 @@ class RemoteSnapshot:
             "latency_s": {op: dataclasses.asdict(f) for op, f in self.latency_s.items()},
             "last_error": dataclasses.asdict(self.last_error) if self.last_error else None,
         }
+
+
+@runtime_checkable
+class Remote(Store, Protocol):
+    """A store with a layer in front of it that keeps its :class:`RemoteState`
+    (:class:`~storagefs.resilience.backend.ResilientBackend`, and the telemetry wrapper around
+    one). The chain reads that state instead of keeping one of its own; a remote that is not
+    a Remote (a bare backend: tests, tools) gets a state the chain feeds itself."""
+
+    @property
+    def state(self) -> RemoteState:
+        """The one record of this remote's reachability: latencies, breaker, unwell."""
+        ...

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from storagefs.backends.base import ObjectInfo, TransientError
+from storagefs.backends.base import ObjectInfo, StoreBase, TransientError
 from storagefs.fs import direct_io
 from storagefs.fs.core import Filesystem
 from storagefs.fs.inodes import ROOT_INODE
@@ -25,8 +25,12 @@ from tests.test_chain import running
 PART = 64 * 1024
 
 
-class StreamingMemory(MemoryBackend):
+class StreamingMemory(StoreBase, MemoryBackend):
     """The in-memory store with streaming uploads (S3's multipart, in miniature)."""
+
+    @property
+    def streams(self) -> bool:
+        return True
 
     def __init__(self) -> None:
         super().__init__()
