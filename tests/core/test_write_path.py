@@ -205,12 +205,12 @@ async def test_a_file_goes_through_explicit_states(tmp_path: Path, nursery: trio
     upload = backend.write_bytes
 
     async def watching(key: str, data: bytes, metadata: object) -> object:
-        seen.append(fs._open[node.ino].state)
+        seen.append(fs.files.get(node.ino).state)
         return await upload(key, data, metadata)
 
     backend.write_bytes = watching  # type: ignore[method-assign]
     fh, node = await fs.create(ROOT_INODE, "f", 0o644, os.O_WRONLY, 0, 0)
-    ofile = fs._open[node.ino]
+    ofile = fs.files.get(node.ino)
     await fs.write(fh, 0, b"x")
     assert ofile.state is FileState.DIRTY
     with pytest.raises(FSError):
