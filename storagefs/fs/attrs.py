@@ -111,6 +111,13 @@ def pointer_metadata(link_id: str) -> dict[str, str]:
     return {META_LINK: link_id}
 
 
+def inode_metadata(attrs: Attrs, links: int) -> dict[str, str]:
+    """What the inode object of a hard-linked file stores: its attributes and its count."""
+    meta = attrs.to_metadata()
+    meta[META_NLINK] = str(links)
+    return meta
+
+
 def link_of(meta: Mapping[str, str] | None) -> str | None:
     """The inode object a pointer names (a lowercase hex id), None for any other object."""
     value = (meta or {}).get(META_LINK, "").strip()

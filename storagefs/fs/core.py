@@ -1,9 +1,29 @@
 """POSIX operations over a Backend: the whole filesystem, without FUSE.
 
 Paths here are relative to the mount root without a leading slash ("" is the root); a file's
-key is its path, a directory's marker key is its path plus "/". Every public method raises
-only FSError (an errno and a log level): backend and local OS errors are converted where they
-leave the core (:func:`_errors_converted`), so the FUSE adapter knows nothing of backends.
+key is its path, a directory's marker key is its path plus "/". Every operation marked
+:func:`~storagefs.fs.errors.posix_op` raises only FSError (an errno and a log level): backend
+and local OS errors are converted where they leave the core, so the FUSE adapter knows
+nothing of backends.
+
+What it owns: the POSIX operations (lookup, getattr, setattr, mkdir, create, open, read,
+write, flush, fsync, release, unlink, rmdir, rename, link, symlink, readlink, mknod,
+opendir/readdir, statfs, the xattr calls) and the directory handles. Everything it remembers
+lives in the collaborators it is given (:func:`build_filesystem` makes and wires them):
+
+- ``known``  (fs/known.py, ``StoreView``): what the mount believes the store holds, and for
+  how long;
+- ``lookup_path`` (fs/lookup.py, ``Lookup``): how names are found on the store;
+- ``files`` (fs/handles.py, ``OpenFiles``): open files, handles, staging files, uploads;
+- ``links`` (fs/links.py, ``HardLinks``): hard-linked files' pointers and inode objects;
+- ``inodes`` (fs/inodes.py, ``InodeTable``): the nodes the kernel knows.
+
+Who may call whom: this module calls all of them; nothing calls this module but the adapter
+(daemon/fuse_ops.py through fs/health_router.py) and the daemon (daemon/mount.py). Among the
+collaborators calls go one way: lookup → links → files → known (and each → inodes).
+
+Over 700 lines, on purpose: the POSIX operations are the one list a reader checks against
+the man pages, so they stay together here; their helpers live in the collaborators.
 """
 
 from __future__ import annotations
@@ -11,30 +31,27 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import functools
-import inspect
 import logging
 import os
 import stat
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import trio
 
 from storagefs.backends.base import (
     Backend,
-    BackendError,
     ObjectInfo,
     forget_unstored,
     make_durable,
     note_created,
 )
 from storagefs.fs import xattrs
-from storagefs.fs.attrs import META_NLINK, OBJECT_TYPES, Attrs, Defaults, metadata_size
+from storagefs.fs.attrs import OBJECT_TYPES, Attrs, Defaults, inode_metadata, metadata_size
 from storagefs.fs.dirs import Entry, Listing
-from storagefs.fs.errors import FSError, as_fs_error, first_failure
+from storagefs.fs.errors import FSError, posix_op
 from storagefs.fs.files import ChunkReader, Handle, ReadBudget
 from storagefs.fs.handles import OpenFiles
 from storagefs.fs.inodes import ROOT_INODE, InodeTable, Node
@@ -58,7 +75,6 @@ __all__ = ["DirEntry", "Filesystem", "FsOptions", "build_filesystem"]
 log = logging.getLogger("storagefs.fs")
 
 T = TypeVar("T")
-C = TypeVar("C", bound=type)
 
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
@@ -69,58 +85,8 @@ RENAME_PARALLELISM = 16
 MAX_FILE_SIZE = 5 * 1024**4
 
 
-_CONVERTED = (FSError, BackendError, OSError)
-
-
 def _write_only(flags: int) -> bool:
     return flags & os.O_ACCMODE == os.O_WRONLY
-
-
-def _converted(exc: BaseException) -> FSError | None:
-    leaf = first_failure(exc)
-    return as_fs_error(leaf) if isinstance(leaf, _CONVERTED) else None
-
-
-@contextlib.contextmanager
-def _at_the_edge() -> Iterator[None]:
-    """FSError for what leaves the core as a backend error, an OSError or a group of them."""
-    try:
-        yield
-    except FSError:
-        raise
-    except (*_CONVERTED, BaseExceptionGroup) as exc:
-        converted = _converted(exc)
-        if converted is None:
-            raise
-        raise converted from exc
-
-
-def _convert_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    if inspect.iscoroutinefunction(fn):
-
-        @functools.wraps(fn)
-        async def call_async(*args: Any, **kwargs: Any) -> Any:
-            with _at_the_edge():
-                return await fn(*args, **kwargs)
-
-        return call_async
-
-    @functools.wraps(fn)
-    def call(*args: Any, **kwargs: Any) -> Any:
-        with _at_the_edge():
-            return fn(*args, **kwargs)
-
-    return call
-
-
-def _errors_converted(cls: C) -> C:
-    """The core's edge: every public method of ``cls`` raises FSError for backend errors,
-    local OS errors (staging files) and groups of them (the first one counts); anything
-    else is a bug and passes through for the adapter to log."""
-    for name, member in list(vars(cls).items()):
-        if not name.startswith("_") and inspect.isfunction(member):
-            setattr(cls, name, _convert_errors(member))
-    return cls
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -130,7 +96,6 @@ class DirEntry:
     next_id: int
 
 
-@_errors_converted
 class Filesystem:
     """The POSIX operations of the mount, over the collaborators it is given (see the module
     docstring, and :func:`build_filesystem` for the usual way to make one)."""
@@ -161,10 +126,12 @@ class Filesystem:
 
     # --- lifecycle --------------------------------------------------------------------
 
+    @posix_op
     def attach(self, nursery: trio.Nursery) -> None:
         """Give the core a nursery for background work (readahead, staging files)."""
         self.files.attach(nursery)
 
+    @posix_op
     def close(self) -> None:
         self.files.close()
         self.known.close()
@@ -192,6 +159,7 @@ class Filesystem:
         :attr:`abandoned_dir` for someone to look at."""
         return self.files.abandoned_uploads
 
+    @posix_op
     async def upload_all(self) -> None:
         """Upload every open file with changes, failed ones included (on unmount); failures
         are logged, and :meth:`close` gives up on what is still not uploaded."""
@@ -199,10 +167,12 @@ class Filesystem:
 
     # --- how long the kernel may keep answers -------------------------------------------
 
+    @posix_op
     def trusted_for(self, node: Node) -> float:
         """Seconds the kernel may keep ``node``'s entry and attributes (StoreView decides)."""
         return self.known.trusted_for(node)
 
+    @posix_op
     def absent_for(self, parent_ino: int) -> float:
         """Seconds the kernel may remember that a name it looked up is not in directory
         ``parent_ino`` (StoreView decides; 0 for an inode that is no longer known)."""
@@ -234,6 +204,7 @@ class Filesystem:
 
     # --- metadata operations ----------------------------------------------------------
 
+    @posix_op
     async def lookup(self, parent_ino: int, name: str) -> Node:
         parent = self.lookup_path.dir_node(parent_ino)
         if name == ".":
@@ -260,12 +231,15 @@ class Filesystem:
         node.lookups += 1
         return node
 
+    @posix_op
     def forget(self, ino: int, count: int) -> None:
         self.inodes.forget(ino, count)
 
+    @posix_op
     def add_lookup(self, node: Node) -> None:
         node.lookups += 1
 
+    @posix_op
     async def getattr(self, ino: int) -> Node:
         node = self.inodes.get(ino)
         if not node.alive or node.ino == ROOT_INODE or self.files.is_staged(node):
@@ -282,6 +256,7 @@ class Filesystem:
                 raise
         return node
 
+    @posix_op
     async def setattr(
         self,
         ino: int,
@@ -381,6 +356,7 @@ class Filesystem:
 
     # --- directories ------------------------------------------------------------------
 
+    @posix_op
     async def mkdir(self, parent_ino: int, name: str, mode: int, uid: int, gid: int) -> Node:
         self._check_writable()
         parent, where, path = self.lookup_path.new_path(parent_ino, name)
@@ -398,11 +374,13 @@ class Filesystem:
         self.known.touch_dir(where)
         return node
 
+    @posix_op
     async def symlink(self, parent_ino: int, name: str, target: bytes, uid: int, gid: int) -> Node:
         """A symbolic link: an object whose body is the target, mode S_IFLNK|0777 (s3fs's
         format, so s3fs and storagefs read each other's links)."""
         return await self._make_object(parent_ino, name, stat.S_IFLNK | 0o777, uid, gid, target)
 
+    @posix_op
     async def mknod(
         self, parent_ino: int, name: str, mode: int, rdev: int, uid: int, gid: int
     ) -> Node:
@@ -435,6 +413,7 @@ class Filesystem:
         self.known.touch_dir(where)
         return node
 
+    @posix_op
     async def readlink(self, ino: int) -> bytes:
         node = self.inodes.get(ino)
         if not node.attrs.is_link:
@@ -448,6 +427,7 @@ class Filesystem:
             node.target = data
         return node.target
 
+    @posix_op
     async def link(self, ino: int, new_parent_ino: int, new_name: str) -> Node:
         """A hard link: one more name of a file (storagefs/fs/links.py, docs/SEMANTICS.md).
         EPERM for directories, as on Linux."""
@@ -462,6 +442,7 @@ class Filesystem:
         await self.lookup_path.ensure_absent(path)
         return await self.links.link(node, where, path)
 
+    @posix_op
     async def rmdir(self, parent_ino: int, name: str) -> None:
         self._check_writable()
         parent = self.lookup_path.dir_node(parent_ino)
@@ -481,6 +462,7 @@ class Filesystem:
         self.known.forget_dir_times(path)
         self.known.touch_dir(parent.path)
 
+    @posix_op
     async def opendir(self, ino: int) -> int:
         node = self.lookup_path.dir_node(ino)
         assert node.path is not None
@@ -489,6 +471,7 @@ class Filesystem:
         self._dir_handles[dh] = (node.path, listing.sorted_entries(), listing.meta, listing.expires)
         return dh
 
+    @posix_op
     def readdir(self, dh: int, start: int) -> list[DirEntry]:
         """Entries from ``start`` on; the adapter calls add_lookup for each one it sends."""
         try:
@@ -504,11 +487,13 @@ class Filesystem:
             for index, e in enumerate(entries[start:], start)
         ]
 
+    @posix_op
     def releasedir(self, dh: int) -> None:
         self._dir_handles.pop(dh, None)
 
     # --- files ------------------------------------------------------------------------
 
+    @posix_op
     async def create(
         self, parent_ino: int, name: str, mode: int, flags: int, uid: int, gid: int
     ) -> tuple[int, Node]:
@@ -542,6 +527,7 @@ class Filesystem:
         self.known.touch_dir(where)
         return fh, node
 
+    @posix_op
     async def open(self, ino: int, flags: int) -> tuple[int, bool]:
         """A file handle and whether the kernel may keep its page cache for this file."""
         node = self.inodes.get(ino)
@@ -582,6 +568,7 @@ class Filesystem:
         keep = ofile.staging is None and node.etag is not None and node.expires > self.known.now()
         return fh, keep
 
+    @posix_op
     def writes_bypass_page_cache(self, fh: int) -> bool:
         """Whether the kernel should hand this handle's writes straight to the daemon
         (FOPEN_DIRECT_IO) instead of copying them into its page cache first.
@@ -598,6 +585,7 @@ class Filesystem:
             return False
         return not handle.ofile.node.attrs.mode & (stat.S_ISUID | stat.S_ISGID)
 
+    @posix_op
     async def read(self, fh: int, offset: int, size: int) -> bytes:
         handle = self.files.handle(fh)
         ofile = handle.ofile
@@ -631,6 +619,7 @@ class Filesystem:
                 raise FSError(errno.EBADF)
         return await handle.reader.read(offset, size)
 
+    @posix_op
     async def write(self, fh: int, offset: int, data: bytes) -> int:
         handle = self.files.handle(fh)
         if not handle.writable:
@@ -659,13 +648,16 @@ class Filesystem:
             ofile.stream.wrote(offset, attrs.size)
         return written
 
+    @posix_op
     async def flush(self, fh: int) -> None:
         await self.files.upload(self.files.handle(fh).ofile)
 
+    @posix_op
     async def fsync(self, fh: int) -> None:
         await self.files.upload(self.files.handle(fh).ofile)
         await make_durable(self.backend)
 
+    @posix_op
     async def release(self, fh: int) -> None:
         handle = self.files.pop_handle(fh)
         if handle is None:
@@ -683,6 +675,7 @@ class Filesystem:
 
     # --- removal and renames ----------------------------------------------------------
 
+    @posix_op
     async def unlink(self, parent_ino: int, name: str) -> None:
         self._check_writable()
         parent = self.lookup_path.dir_node(parent_ino)
@@ -719,6 +712,7 @@ class Filesystem:
         if node.link is not None:
             await self.links.name_removed(node)  # the pointer is gone: one name less
 
+    @posix_op
     async def rename(
         self,
         old_parent_ino: int,
@@ -865,6 +859,7 @@ class Filesystem:
         await self.known.learn_extra(node, strict=True)
         return node, xattrs.decode(node.attrs.extra)
 
+    @posix_op
     async def getxattr(self, ino: int, name: bytes) -> bytes:
         key = xattrs.user_name(name)  # other namespaces: EOPNOTSUPP before any request
         _, values = await self._xattr_node(ino)
@@ -873,12 +868,14 @@ class Filesystem:
         except KeyError:
             raise FSError(errno.ENODATA) from None
 
+    @posix_op
     async def listxattr(self, ino: int) -> list[bytes]:
         # Free when the metadata is known (after any stat or listing that carried it), so
         # ls -l and cp -a, which ask for every file, cost no request.
         _, values = await self._xattr_node(ino)
         return xattrs.listed(values)
 
+    @posix_op
     async def setxattr(self, ino: int, name: bytes, value: bytes, flags: int = 0) -> None:
         key = xattrs.user_name(name)
         self._check_writable()
@@ -891,6 +888,7 @@ class Filesystem:
             raise FSError(errno.ENODATA)
         await self._store_xattrs(node, values | {key: value})
 
+    @posix_op
     async def removexattr(self, ino: int, name: bytes) -> None:
         key = xattrs.user_name(name)
         self._check_writable()
@@ -909,9 +907,7 @@ class Filesystem:
         assert node.attrs.extra is not None  # _xattr_node learnt it
         attrs = dataclasses.replace(node.attrs, extra=xattrs.with_values(node.attrs.extra, values))
         attrs.ctime_ns = time.time_ns()
-        meta = attrs.to_metadata()
-        if node.link is not None:
-            meta[META_NLINK] = str(node.links)
+        meta = attrs.to_metadata() if node.link is None else inode_metadata(attrs, node.links)
         room = self.options.max_metadata_bytes
         if room is not None and metadata_size(meta) > room:
             raise FSError(errno.ENOSPC, f"user metadata over the stores' {room} bytes")
@@ -931,6 +927,7 @@ class Filesystem:
 
     # --- misc -------------------------------------------------------------------------
 
+    @posix_op
     def statfs(self) -> dict[str, int]:
         # Real figures for df (storagefs/fs/space.py); journal_room is set by the daemon.
         room = self.journal_room() if self.journal_room is not None else None

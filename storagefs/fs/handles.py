@@ -27,6 +27,7 @@ import trio
 
 from storagefs import sizes
 from storagefs.backends.base import Backend, BackendError, ObjectInfo
+from storagefs.fs.attrs import inode_metadata
 from storagefs.fs.errors import FSError, errno_for
 from storagefs.fs.files import (
     FileState,
@@ -39,7 +40,6 @@ from storagefs.fs.files import (
 )
 from storagefs.fs.inodes import InodeTable, Node
 from storagefs.fs.known import StoreView
-from storagefs.fs.links import inode_metadata
 from storagefs.fs.options import FsOptions
 from storagefs.fs.streaming import PartStream
 
@@ -386,7 +386,11 @@ class OpenFiles:
             assert key is not None
             version = ofile.version
             await self.known.learn_extra(node)  # new content keeps the object's other entries
-            meta = node.attrs.to_metadata() if node.link is None else inode_metadata(node)
+            meta = (
+                node.attrs.to_metadata()
+                if node.link is None
+                else inode_metadata(node.attrs, node.links)
+            )
             if ofile.fd is not None:
                 try:
                     check_same_file(ofile.fd, ofile.staging)  # the name is what gets sent

@@ -42,6 +42,7 @@ from storagefs.fs.attrs import (
     META_NLINK,
     Defaults,
     attrs_from_object,
+    inode_metadata,
     link_of,
     nlink_of,
     pointer_metadata,
@@ -187,7 +188,7 @@ class HardLinks:
         """Write ``node``'s attributes and count to its inode object."""
         assert node.link is not None
         await self.known.learn_extra(node)  # the copy replaces all its metadata: keep the rest
-        meta = inode_metadata(node)
+        meta = inode_metadata(node.attrs, node.links)
         key = inode_key(node.link)
         info = await self.known.with_etag(await self.backend.copy(key, key, meta))
         node.etag = info.etag
@@ -299,10 +300,3 @@ def pointer_body(link_id: str) -> bytes:
     metadata cache, keyed by etag, would then take one pointer (or an empty file that was
     there before) for another."""
     return f"storagefs hard link: {inode_key(link_id)}\n".encode()
-
-
-def inode_metadata(node: Node) -> dict[str, str]:
-    """What the inode object of hard-linked ``node`` stores: its attributes and its count."""
-    meta = node.attrs.to_metadata()
-    meta[META_NLINK] = str(node.links)
-    return meta
