@@ -304,7 +304,7 @@ class Filesystem:
                     assert ofile.fd is not None
                     ofile.end_stream("the file was truncated")
                     os.ftruncate(ofile.fd, size)
-                    ofile.version += 1
+                    ofile.changed()
                     attrs.size = size
                     if mtime_ns is None:
                         attrs.mtime_ns = time.time_ns()
@@ -324,7 +324,7 @@ class Filesystem:
         if current is not None and current.dirty:
             # The upload of the changed staging file (flush, fsync or release) carries the
             # new metadata. A clean open file is not uploaded again: store it now.
-            current.version += 1
+            current.changed()
             return node
         if not node.alive:
             # Unlinked (fchmod of an open file, or a chmod that raced the unlink): a local
@@ -520,7 +520,7 @@ class Filesystem:
                 os.ftruncate(ofile.fd, 0)
             else:
                 await self.files.ensure_staging(ofile, truncate=True)
-            ofile.version += 1  # an empty new file is still a file to upload
+            ofile.changed()  # an empty new file is still a file to upload
             self.files.start_stream(ofile)
         fh = self.files.add_handle(Handle(ofile, writable=True, write_only=_write_only(flags)))
         self.known.dirs.add(where, Entry(name, False, ObjectInfo(path, 0, now)))
@@ -555,7 +555,7 @@ class Filesystem:
                         os.ftruncate(ofile.fd, 0)
                     else:
                         await self.files.ensure_staging(ofile, truncate=True)
-                    ofile.version += 1
+                    ofile.changed()
                     node.attrs.size = 0
                     node.attrs.mtime_ns = node.attrs.ctime_ns = time.time_ns()
                     await self.known.learn_extra(node)  # a stream takes its metadata first
@@ -640,7 +640,7 @@ class Filesystem:
             written = stream.write(offset, data)
         else:
             written = os.pwrite(ofile.fd, data, offset)
-        ofile.version += 1
+        ofile.changed()
         attrs = ofile.node.attrs
         attrs.size = max(attrs.size, offset + written)
         attrs.mtime_ns = attrs.ctime_ns = time.time_ns()
@@ -914,7 +914,7 @@ class Filesystem:
         before, node.attrs = node.attrs, attrs
         current = self.files.get(node.ino)
         if current is not None and current.dirty:
-            current.version += 1  # the upload of the staging file carries them
+            current.changed()  # the upload of the staging file carries them
             return
         try:
             await self._store_metadata(node)

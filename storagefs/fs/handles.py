@@ -30,7 +30,7 @@ from storagefs.backends.base import Backend, BackendError, ObjectInfo
 from storagefs.fs.attrs import inode_metadata
 from storagefs.fs.errors import FSError, errno_for
 from storagefs.fs.files import (
-    FileState,
+    Failed,
     Handle,
     OpenFile,
     ReadBudget,
@@ -98,7 +98,7 @@ class OpenFiles:
     @property
     def failed_files(self) -> int:
         """Files whose last upload failed: their data waits in a staging file for a retry."""
-        return sum(1 for f in self._open.values() if f.state is FileState.FAILED and not f.unlinked)
+        return sum(1 for f in self._open.values() if isinstance(f.state, Failed) and not f.unlinked)
 
     @property
     def abandoned_dir(self) -> Path:
@@ -395,24 +395,24 @@ class OpenFiles:
                 try:
                     check_same_file(ofile.fd, ofile.staging)  # the name is what gets sent
                 except OSError as exc:
-                    ofile.failed = errno.EIO
+                    ofile.upload_failed(errno.EIO)
                     log.error("upload of %s refused: %s", node.path, exc.strerror)
                     raise FSError(errno.EIO, f"upload of {node.path}: {exc.strerror}") from exc
-            ofile.uploading = True
+            ofile.upload_starts(version)
             try:
                 info = await self._write_whole_or_streamed(ofile, key, meta)
             except BackendError as exc:
                 # The errno the failure means (a full journal is ENOSPC, as promised), and the
                 # file remembers it: its staging file is kept until an upload succeeds.
-                ofile.failed = errno_for(exc)
+                err = errno_for(exc)
+                ofile.upload_failed(err)
                 log.error("upload of %s failed: %s", node.path, exc)  # logged here, once
-                raise FSError(ofile.failed, f"upload of {node.path} failed: {exc}") from exc
+                raise FSError(err, f"upload of {node.path} failed: {exc}") from exc
             finally:
-                ofile.uploading = False
+                ofile.upload_ends()
             info = await self.known.with_etag(info)
-            ofile.failed = None
             ofile.stored = True
-            ofile.uploaded_version = version
+            ofile.uploaded(version)
             node.etag = info.etag
             node.expires = self.known.expiry()
             self.known.remember_meta(info, meta)
