@@ -63,7 +63,7 @@ class Attrs:
     rdev: int = 0
     # The stored entries storagefs does not own (OWN_KEYS), written back on every rewrite;
     # None while not known (a listing without metadata): a rewrite must learn them first
-    # (Filesystem._learn_extra), or the store would lose them. Replaced, never mutated:
+    # (StoreView.learn_extra, fs/known.py), or the store would lose them. Replaced, never mutated:
     # copies of an Attrs (dataclasses.replace) share it.
     extra: dict[str, str] | None = dataclasses.field(default_factory=dict)
 

@@ -6,6 +6,11 @@ upload it whole (a new file written sequentially is uploaded in parts while it i
 storagefs/fs/streaming.py). Reads of a clean file are ranged GETs of ``chunk`` bytes; a
 sequential reader gets the next ``ahead`` chunks fetched in parallel, and chunks behind it are
 dropped, so memory per reader stays at (ahead + 2) chunks whatever the file size.
+
+The types of one open file (``OpenFile`` with its upload state :data:`UploadState`, ``Handle``)
+and the pieces they use (``StagingFiles``, ``ChunkReader``, ``ReadBudget``); who holds them
+and changes their state is ``handles.OpenFiles`` (and ``core.Filesystem``'s read/write paths).
+This module calls nothing of the core.
 """
 
 from __future__ import annotations

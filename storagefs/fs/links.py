@@ -17,6 +17,13 @@ and failover treat these objects like any other.
 The steps are ordered so that a crash between two of them leaves a count too high (an inode
 object that outlives its last name, invisible), never too low: the count is raised before a
 new pointer is written and lowered after a pointer is deleted.
+
+Owns: nothing of its own; the inode objects' stat results it relies on are remembered by
+``known.StoreView`` (``inode_object``). Who calls it: ``core.Filesystem`` (link, unlink and
+rename of a pointer, getattr and attribute changes of a linked file) and ``lookup.Lookup``
+(the pointers a lookup or listing meets). It calls the Backend, ``inodes.InodeTable``,
+``known.StoreView``, and the open files only through :class:`OpenFileNeeds` (so it imports
+nothing of core.py or handles.py); the name checks of ``link()`` are its caller's.
 """
 
 from __future__ import annotations
