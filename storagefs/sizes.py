@@ -20,7 +20,7 @@ KIB = 1024
 MIB = 1024 * KIB
 
 # A cold lookup reads this many bytes with the attributes (one GET instead of a HEAD); files
-# up to this size are then read without another request (fs/core.py).
+# up to this size are then read without another request (fs/lookup.py, fs/known.py).
 PEEK_BYTES = 64 * KIB
 # Journal entries up to this size keep their content in SQLite, larger ones in a content file
 # (journal/store.py; measured: inline 4 KiB PUT ~0.5 ms vs ~1.3 ms with a content file).
@@ -34,7 +34,7 @@ READ_CHUNK = 8 * MIB
 MULTIPART_THRESHOLD = 16 * MIB
 # One part of a multipart upload and of a streamed write (Settings.multipart_chunksize).
 MULTIPART_CHUNK = 16 * MIB
-# A file unlinked while open only for reading keeps a local copy up to this size (fs/core.py).
+# A file unlinked while open only for reading keeps a local copy up to this size (fs/handles.py).
 KEEP_OPEN_MAX = 64 * MIB
 
 

@@ -20,7 +20,7 @@ from storagefs.backends.base import ConfigurationError
 from storagefs.chain.fallback import FallbackChain
 from storagefs.config import Settings
 from storagefs.daemon.fuse_ops import StorageOperations
-from storagefs.fs.core import Filesystem, FsOptions
+from storagefs.fs.core import Filesystem, FsOptions, build_filesystem
 from storagefs.fs.health_router import HealthRouter
 from storagefs.fs.names import bad_keys_seen
 from storagefs.observability.health import CoreFigures
@@ -104,14 +104,17 @@ async def serve(
     cache = prepare_cache_dir(settings)
     async with open_stack(settings, cache, serves_offline=True) as stack:
         chain = stack.chain
-        fs = Filesystem(chain, fs_options(settings, cache, read_only))
+        fs = build_filesystem(
+            chain,
+            fs_options(settings, cache, read_only),
+            journal_room=lambda: chain.journal.max_bytes - chain.journal.stats().pending_bytes,
+        )
         stack.health.core = lambda: CoreFigures(
             dirty_files=fs.dirty_files,
             invalid_keys=bad_keys_seen(),
             failed_uploads=fs.failed_files,
             abandoned_uploads=fs.abandoned_uploads,
         )
-        fs.journal_room = lambda: chain.journal.max_bytes - chain.journal.stats().pending_bytes
         syncer = daemon_syncer(chain, settings, cache)
         if syncer is not None:
             stack.health.sync = syncer.snapshot

@@ -63,7 +63,7 @@ class Attrs:
     rdev: int = 0
     # The stored entries storagefs does not own (OWN_KEYS), written back on every rewrite;
     # None while not known (a listing without metadata): a rewrite must learn them first
-    # (Filesystem._learn_extra), or the store would lose them. Replaced, never mutated:
+    # (StoreView.learn_extra, fs/known.py), or the store would lose them. Replaced, never mutated:
     # copies of an Attrs (dataclasses.replace) share it.
     extra: dict[str, str] | None = dataclasses.field(default_factory=dict)
 
@@ -109,6 +109,13 @@ def metadata_size(meta: Mapping[str, str]) -> int:
 def pointer_metadata(link_id: str) -> dict[str, str]:
     """The metadata of a name of a hard-linked file: which inode object it names."""
     return {META_LINK: link_id}
+
+
+def inode_metadata(attrs: Attrs, links: int) -> dict[str, str]:
+    """What the inode object of a hard-linked file stores: its attributes and its count."""
+    meta = attrs.to_metadata()
+    meta[META_NLINK] = str(links)
+    return meta
 
 
 def link_of(meta: Mapping[str, str] | None) -> str | None:

@@ -6,12 +6,16 @@ upload it whole (a new file written sequentially is uploaded in parts while it i
 storagefs/fs/streaming.py). Reads of a clean file are ranged GETs of ``chunk`` bytes; a
 sequential reader gets the next ``ahead`` chunks fetched in parallel, and chunks behind it are
 dropped, so memory per reader stays at (ahead + 2) chunks whatever the file size.
+
+The types of one open file (``OpenFile`` with its upload state :data:`UploadState`, ``Handle``)
+and the pieces they use (``StagingFiles``, ``ChunkReader``, ``ReadBudget``); who holds them
+and changes their state is ``handles.OpenFiles`` (and ``core.Filesystem``'s read/write paths).
+This module calls nothing of the core.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import enum
 import errno
 import logging
 import os
@@ -27,48 +31,100 @@ from storagefs.fs.streaming import PartStream
 log = logging.getLogger("storagefs.fs")
 
 
-class FileState(enum.Enum):
-    """Where an open file's changes are (the states mountpoint-s3's write handles go through)."""
+@dataclasses.dataclass(frozen=True, slots=True)
+class Clean:
+    """Nothing to upload: unchanged, or every change is on the store (or in the journal)."""
 
-    OPEN = "open"  # nothing to upload: unchanged, or every change is on the store/journal
-    DIRTY = "dirty"  # changes only in the staging file
-    UPLOADING = "uploading"  # an upload of the staging file is under way
-    FAILED = "failed"  # the last upload failed (``OpenFile.failed``: its errno); data kept
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Dirty:
+    """Changes only in the staging file."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Failed:
+    """The last upload failed with ``errno``; the staging file, the only copy of the data,
+    is kept (the open file outlives its handles, ``OpenFile.kept``) for a retry."""
+
+    errno: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Uploading:
+    """An upload of the staging file as of change ``version`` is under way. Changes that
+    land meanwhile (a write does not wait for the upload) leave the file Dirty after it;
+    an upload that ends without an answer (cancelled) leaves it as it was ``before``."""
+
+    version: int
+    before: Dirty | Failed
+
+
+# Where an open file's changes are (mountpoint-s3's UploadState, with a failure keeping its
+# errno): Clean -> Dirty (a change) -> Uploading -> Clean (or Dirty: changed meanwhile) or
+# Failed(errno) -> Uploading (a retry: flush, fsync, release, unmount) -> ...
+UploadState = Clean | Dirty | Uploading | Failed
 
 
 @dataclasses.dataclass(eq=False)
 class OpenFile:
-    """What all handles of one inode share while any is open."""
+    """What all handles of one inode share while any is open.
+
+    ``state`` says where its changes are (:data:`UploadState`); the other fields are its
+    life, independent of that: ``unlinked`` (no name left: nothing uploads it again),
+    ``kept`` (a file whose changes are not on the store outlives its last handle),
+    ``stored`` (False for a file made by create() until an upload succeeds: nothing of it is
+    on the store, so a rename just moves the pending upload to the new name)."""
 
     node: Node
     staging: Path | None = None
     fd: int | None = None
-    version: int = 0  # bumped by every change to the staging file
-    uploaded_version: int = 0
+    # Changes to the staging file so far; an upload remembers which one it sends.
+    version: int = 0
+    state: UploadState = Clean()
     unlinked: bool = False
     handles: int = 0
     lock: trio.Lock = dataclasses.field(default_factory=trio.Lock)
-    # The errno of the last upload when it failed; cleared by the next successful one. A failed
-    # file outlives its handles (``kept``): its staging file is the only copy of its data.
-    failed: int | None = None
     kept: bool = False
-    uploading: bool = False
-    # False for a file made by create() until an upload succeeds: nothing of it is on the
-    # store (or in the journal), so a rename just moves the pending upload to the new name.
     stored: bool = True
     stream: PartStream | None = None  # parts uploaded while the file is written sequentially
 
     @property
     def dirty(self) -> bool:
-        return self.version != self.uploaded_version
+        """Some change is not on the store (Dirty, Uploading or Failed)."""
+        return not isinstance(self.state, Clean)
 
     @property
-    def state(self) -> FileState:
-        if self.uploading:
-            return FileState.UPLOADING
-        if self.failed is not None:
-            return FileState.FAILED
-        return FileState.DIRTY if self.dirty else FileState.OPEN
+    def failed(self) -> int | None:
+        """The errno of the last upload, while it is a failure no upload has undone."""
+        state = self.state
+        if isinstance(state, Uploading):
+            state = state.before
+        return state.errno if isinstance(state, Failed) else None
+
+    def changed(self) -> None:
+        """The staging file (or the attributes its upload carries) changed."""
+        self.version += 1
+        if isinstance(self.state, Clean):
+            self.state = Dirty()
+
+    def upload_starts(self, version: int) -> None:
+        """An upload of change ``version`` begins (the caller holds ``lock``)."""
+        state = self.state
+        assert isinstance(state, Dirty | Failed), state
+        self.state = Uploading(version, state)
+
+    def upload_ends(self) -> None:
+        """The upload ended with no verdict (its answer is handled by the caller, or it
+        was cancelled): the file is as it was before it."""
+        if isinstance(self.state, Uploading):
+            self.state = self.state.before
+
+    def upload_failed(self, err: int) -> None:
+        self.state = Failed(err)
+
+    def uploaded(self, version: int) -> None:
+        """Change ``version`` is on the store; later ones still wait for the next upload."""
+        self.state = Clean() if self.version == version else Dirty()
 
     def end_stream(self, why: str) -> None:
         if self.stream is not None:

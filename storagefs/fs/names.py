@@ -73,3 +73,13 @@ def is_reserved(path: str) -> bool:
 def dir_prefix(path: str) -> str:
     """Key prefix of a directory's children ("" for the root)."""
     return f"{path}/" if path else ""
+
+
+def check_room(key: str, max_key_bytes: int) -> None:
+    """A new name whose key the stores cannot hold is ENAMETOOLONG now, not EIO at close
+    (S3 and Azure take keys of at most 1,024 bytes, the URL's prefix included)."""
+    if is_reserved(key):
+        # The mount's own objects (hard links' inode objects) live there.
+        raise FSError(errno.EPERM, "the root's .storagefs is reserved")
+    if len(encode_name(key)) > max_key_bytes:
+        raise FSError(errno.ENAMETOOLONG, f"a key longer than {max_key_bytes} bytes")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from storagefs.fs.core import Filesystem, FsOptions
+from storagefs.fs.core import Filesystem, FsOptions, build_filesystem
 from storagefs.fs.inodes import ROOT_INODE
 from tests.fakes import MemoryBackend
 from tests.fault_injection import FaultyBackend
@@ -27,7 +27,7 @@ def make_fs(backend: object, tmp_path: Path, **kw: object) -> Filesystem:
         metadata_cache=tmp_path / "meta.db",
         **kw,  # type: ignore[arg-type]
     )
-    return Filesystem(backend, opts)  # type: ignore[arg-type]
+    return build_filesystem(backend, opts)  # type: ignore[arg-type]
 
 
 def attached(backend: object, tmp_path: Path, nursery: trio.Nursery, **kw: object) -> Filesystem:

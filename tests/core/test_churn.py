@@ -20,6 +20,7 @@ import trio
 import trio.testing
 
 import storagefs.fs.core as core
+import storagefs.fs.handles as handles
 from storagefs.backends.base import ObjectInfo
 from storagefs.fs.errors import FSError
 from storagefs.fs.inodes import ROOT_INODE
@@ -90,7 +91,7 @@ async def test_an_upload_in_flight_when_the_name_is_unlinked_succeeds_and_stores
         await fs.release(fh)
     assert "a" not in held.objects  # the delete came after the upload
     assert await absent(fs, "a")
-    assert fs.dirty_files == 0 and fs.failed_files == 0 and not fs._open
+    assert fs.dirty_files == 0 and fs.failed_files == 0 and not len(fs.files)
 
 
 async def test_a_create_after_the_unlink_is_a_new_file_whatever_the_first_one_does(
@@ -155,7 +156,7 @@ async def test_an_inode_unlinked_after_its_lookup_opens_and_truncates_as_on_ext4
     with pytest.raises(FSError) as exc:
         await fs.open(other.ino, os.O_RDONLY)
     assert exc.value.errno == errno.ENOENT
-    assert held.objects == {} and not fs._open
+    assert held.objects == {} and not len(fs.files)
     assert await absent(fs, "a")
 
 
@@ -164,7 +165,7 @@ async def test_a_write_to_a_file_unlinked_while_open_and_not_kept_goes_nowhere(
 ) -> None:
     """A writer that has not written yet when the name goes, of a file too big to keep a
     copy of: before, its first write asserted the nameless file had a key to download."""
-    monkeypatch.setattr(core, "KEEP_OPEN_MAX", 2)
+    monkeypatch.setattr(handles, "KEEP_OPEN_MAX", 2)
     await write_file(fs, "a", b"stored")
     node = await fs.lookup(ROOT_INODE, "a")
     fh, _ = await fs.open(node.ino, os.O_WRONLY)
@@ -172,7 +173,7 @@ async def test_a_write_to_a_file_unlinked_while_open_and_not_kept_goes_nowhere(
     assert await fs.write(fh, 0, b"xyz") == 3
     await fs.flush(fh)
     await fs.release(fh)
-    assert held.objects == {} and not fs._open
+    assert held.objects == {} and not len(fs.files)
 
 
 async def test_a_create_of_a_name_whose_file_is_still_open_empties_that_file(

@@ -219,7 +219,7 @@ async def test_one_listing_serves_readdir_and_lookups(
     for i in range(50):
         await write_file(fs, f"f{i}", b"x")
     fresh = make_fs(backend, fs.options.staging_dir.parent)  # a remount, same metadata cache
-    fresh.attach(fs._nursery)  # type: ignore[arg-type]
+    fresh.attach(fs.files.nursery)  # type: ignore[arg-type]
     backend.calls.clear()
     dh = await fresh.opendir(ROOT_INODE)
     fresh.readdir(dh, 0)
@@ -509,7 +509,7 @@ async def test_a_cold_lookup_of_a_small_file_fetches_its_content_once(
     assert [c[0] for c in backend.calls] == ["stat", "read"]  # MemoryBackend has no own peek
     ino = await resolve(fs, "small")
     await backend.write_bytes("small", b"changed!!", {})  # same size, new etag
-    fs._peeked["small"] = ("stale-etag", b"tiny file")
+    fs.known.remember_content("small", "stale-etag", b"tiny file")
     fh, _ = await fs.open(ino, os.O_RDONLY)
     fs.inodes.get(ino).etag = "current"
     assert await fs.read(fh, 0, 100) == b"changed!!"
@@ -554,7 +554,7 @@ async def test_an_expired_small_listing_is_fetched_again_whole(
             assert i < 5
     assert [c[0] for c in backend.calls] == ["list"]
     # A directory bigger than that keeps the per-name probes (cheaper than listing it all).
-    monkeypatch.setattr("storagefs.fs.core.RELIST_MAX_ENTRIES", 3)
+    monkeypatch.setattr("storagefs.fs.lookup.RELIST_MAX_ENTRIES", 3)
     await trio.sleep(0.1)
     backend.calls.clear()
     with pytest.raises(FSError):

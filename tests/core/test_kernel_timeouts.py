@@ -26,7 +26,7 @@ async def test_a_missing_name_is_trusted_as_long_as_the_listing(
     fs = make_fs(backend, tmp_path, ttl=TTL)
     fs.attach(nursery)
     clock = [1000.0]
-    fs._now = lambda: clock[0]  # type: ignore[method-assign]
+    fs.known.now = lambda: clock[0]  # type: ignore[method-assign]
     backend.objects["d/f"] = (b"f", {}, 0)
     d = await resolve(fs, "d")
     with pytest.raises(FSError):

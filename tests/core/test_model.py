@@ -17,7 +17,7 @@ import trio
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from storagefs.fs.core import Filesystem, FsOptions
+from storagefs.fs.core import FsOptions, build_filesystem
 from storagefs.fs.errors import FSError
 from storagefs.fs.inodes import ROOT_INODE
 from tests.fakes import MemoryBackend
@@ -32,7 +32,7 @@ class FsModel(RuleBasedStateMachine):
         self.tmp = Path(tempfile.mkdtemp())
         self.backend = MemoryBackend()
         # TTL 0: every behind-the-back change must be visible at the next call.
-        self.fs = Filesystem(
+        self.fs = build_filesystem(
             self.backend,
             FsOptions(staging_dir=self.tmp / "s", metadata_ttl=0.0, read_chunk_size=64 * 1024),
         )

@@ -288,7 +288,7 @@ async def test_a_big_sequential_write_goes_around_the_page_cache(
     data = os.urandom(5 * PART)
     fh, node = await fs.create(ROOT_INODE, "big", 0o644, os.O_WRONLY, 0, 0)
     await write_sequentially(fs, fh, data)
-    staging = fs._open[node.ino].staging
+    staging = fs.files.get(node.ino).staging
     assert staging is not None
     past_first = cached_pages(staging, PART, 4 * PART)
     # The first part goes through the cache: a file that stays small is read back from it.

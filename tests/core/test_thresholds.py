@@ -22,7 +22,7 @@ import trio
 from hypothesis import HealthCheck, given, settings
 
 from storagefs.backends.base import ObjectInfo
-from storagefs.fs.core import Filesystem, FsOptions
+from storagefs.fs.core import Filesystem, FsOptions, build_filesystem
 from storagefs.fs.inodes import ROOT_INODE
 from tests.fakes import MemoryBackend
 
@@ -133,7 +133,7 @@ def test_a_change_in_place_reaches_the_store_at_any_size(
         tmp = Path(tempfile.mkdtemp())
         backend = ReplacingDownloads()
         await backend.write_bytes("f", original, {})  # by another tool: no attributes
-        fs = Filesystem(backend, FsOptions(staging_dir=tmp / "staging", **OPTIONS))
+        fs = build_filesystem(backend, FsOptions(staging_dir=tmp / "staging", **OPTIONS))
         try:
             async with trio.open_nursery() as nursery:
                 fs.attach(nursery)

@@ -22,7 +22,7 @@ from storagefs.chain.fallback import FallbackChain
 from storagefs.config import Settings
 from storagefs.fs.core import Filesystem
 from storagefs.fs.errors import FSError
-from storagefs.fs.files import FileState
+from storagefs.fs.files import Clean, Dirty, Failed, Uploading, UploadState
 from storagefs.fs.inodes import ROOT_INODE
 from tests.core.conftest import make_fs, read_file, resolve
 from tests.fakes import MemoryBackend
@@ -201,25 +201,26 @@ async def test_a_file_goes_through_explicit_states(tmp_path: Path, nursery: trio
     backend = Outage()
     fs = make_fs(backend, tmp_path)
     fs.attach(nursery)
-    seen: list[FileState] = []
+    seen: list[UploadState] = []
     upload = backend.write_bytes
 
     async def watching(key: str, data: bytes, metadata: object) -> object:
-        seen.append(fs._open[node.ino].state)
+        seen.append(fs.files.get(node.ino).state)
         return await upload(key, data, metadata)
 
     backend.write_bytes = watching  # type: ignore[method-assign]
     fh, node = await fs.create(ROOT_INODE, "f", 0o644, os.O_WRONLY, 0, 0)
-    ofile = fs._open[node.ino]
+    ofile = fs.files.get(node.ino)
     await fs.write(fh, 0, b"x")
-    assert ofile.state is FileState.DIRTY
+    assert ofile.state == Dirty()
     with pytest.raises(FSError):
         await fs.flush(fh)
-    assert ofile.state is FileState.FAILED and ofile.failed == errno.EIO
+    assert ofile.state == Failed(errno.EIO) and ofile.failed == errno.EIO
     backend.down = False
     await fs.flush(fh)
-    assert ofile.state is FileState.OPEN and ofile.failed is None
-    assert seen == [FileState.UPLOADING, FileState.UPLOADING]
+    assert ofile.state == Clean() and ofile.failed is None
+    assert [type(state) for state in seen] == [Uploading, Uploading]
+    assert seen[1] == Uploading(ofile.version, Failed(errno.EIO))  # the retry
     await fs.release(fh)
     fs.close()
 
