@@ -192,6 +192,14 @@ class Settings(BaseSettings):
         description="Seconds a change waits in the journal before replay (back mode), so a"
         " rename or attribute change right after close is folded in (rsync's temp files).",
     )
+    commit_interval: float = Field(
+        default=1.0,
+        ge=0,
+        description="Seconds between group commits of the journal (ext4's commit=): changes"
+        " journaled without an fsync of their own (write-back mode, held names) are made"
+        " durable at least this often, and at once by fsync(). 0: only by fsync() and the next"
+        " durable commit.",
+    )
     held_names: str = Field(
         default=".*.??????",
         description="Comma-separated globs of temporary file names (default: rsync's"

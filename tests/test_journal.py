@@ -447,3 +447,75 @@ async def test_corrupt_index_is_moved_aside(
     journal = await opened(directory)
     assert journal.latest("after") is not None and journal.latest("after").seq == entry.seq  # type: ignore[union-attr]
     await journal.close()
+
+
+class FsyncLog:
+    """Which files os.fsync was called on (by path), in order."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.paths: list[str] = []
+        real = os.fsync
+
+        def fsync(fd: int) -> None:
+            self.paths.append(os.readlink(f"/proc/self/fd/{fd}"))
+            real(fd)
+
+        monkeypatch.setattr(os, "fsync", fsync)
+
+    def names(self) -> list[str]:
+        return [Path(p).name for p in self.paths]
+
+
+async def test_a_non_durable_append_is_fsynced_by_make_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Write-back's close: the content file is written, not fsync'd; fsync() (make_durable)
+    fsyncs it, its directory and the WAL before it returns."""
+    journal = await opened(tmp_path / "j")
+    src = tmp_path / "src"
+    src.write_bytes(payload(BIG))
+    log = FsyncLog(monkeypatch)
+    entry = await journal.append_put("a", src, META, durable=False)
+    assert entry.content is not None
+    assert log.paths == [], f"a non-durable append fsync'd {log.paths}"
+    assert journal.content_path(entry).read_bytes() == payload(BIG)  # written all the same
+    await journal.make_durable()
+    names = log.names()
+    assert entry.content in names and "content" in names and "journal.db-wal" in names
+    assert names.index(entry.content) < names.index("journal.db-wal")  # content first
+    log.paths.clear()
+    await journal.make_durable()  # nothing new: nothing to do
+    assert log.paths == []
+    await journal.close()
+
+
+async def test_a_durable_commit_fsyncs_the_content_of_earlier_non_durable_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A durable commit's fsync of the WAL makes every earlier row durable too (WAL order), so
+    it must fsync their content files first: no durable row may point at an empty file."""
+    journal = await opened(tmp_path / "j")
+    src = tmp_path / "src"
+    src.write_bytes(payload(BIG))
+    log = FsyncLog(monkeypatch)
+    early = await journal.append_put("a", src, META, durable=False)
+    await journal.append_put_bytes("b", b"durable", META)
+    assert early.content in log.names(), log.names()
+    await journal.close()
+
+
+async def test_group_commit_makes_non_durable_appends_durable_each_interval(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+) -> None:
+    journal = await opened(tmp_path / "j")
+    log = FsyncLog(monkeypatch)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(journal.commit_every, 1.0)
+        await journal.append_put_bytes("a", b"closed", META, durable=False)
+        assert log.paths == []
+        await trio.sleep(0.5)
+        assert log.paths == []  # within the interval
+        await trio.sleep(0.6)
+        assert "journal.db-wal" in log.names()  # the interval's closes, fsync'd together
+        nursery.cancel_scope.cancel()
+    await journal.close()

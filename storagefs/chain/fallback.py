@@ -115,6 +115,7 @@ class FallbackChain(StoreBase):
             stat=self.reads.stat,
         )  # fmt: skip
         self.prober = Prober(self.reach)
+        self._commits = trio.CancelScope()  # the group commit task, cancelled by stop()
 
     @classmethod
     def from_settings(
@@ -185,6 +186,7 @@ class FallbackChain(StoreBase):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self.filler.fill, receive)
                 nursery.start_soon(self.prober.run)
+                nursery.start_soon(self._group_commits)
                 await nursery.start(self.replayer.run)
                 task_status.started()
         finally:
@@ -192,7 +194,14 @@ class FallbackChain(StoreBase):
             # upkeep inline instead of sending to a filler that is gone.
             self.filler.detach()
 
+    async def _group_commits(self) -> None:
+        """The journal's group commit (write-back's closes, held names) until :meth:`stop`;
+        the journal's close fsyncs what is left."""
+        with self._commits:
+            await self.journal.commit_every(self.options.commit_interval)
+
     def stop(self) -> None:
+        self._commits.cancel()
         self.replayer.stop()
         self.filler.close_queue()  # the filler finishes what is queued, then ends
         self.prober.stop()

@@ -22,6 +22,7 @@ class ChainOptions:
     write_mode: Literal["through", "back"]
     write_deadline: float  # seconds a write-through waits for the primary, before size
     write_back_delay: float  # seconds deferred entries wait in the journal
+    commit_interval: float  # seconds between group commits of deferred entries (0: none)
     held_names: str  # comma-separated globs of temporary names (STORAGEFS_HELD_NAMES)
     journal_max_bytes: int
     replay_workers: int
@@ -39,6 +40,7 @@ class ChainOptions:
             write_mode=settings.write_mode,
             write_deadline=settings.write_deadline,
             write_back_delay=settings.write_back_delay,
+            commit_interval=settings.commit_interval,
             held_names=settings.held_names,
             journal_max_bytes=settings.journal_max_bytes,
             replay_workers=settings.replay_workers,

@@ -271,8 +271,9 @@ class Writes:
                 else:  # the staging file keeps changing: drop the stale copy instead
                     await self.discard_soon(key)
                 return info
-        held = self._holds.held(key)
-        entry = await self.journal.append_put(key, source, metadata, durable=not held)
+        entry = await self.journal.append_put(
+            key, source, metadata, durable=not self._holds.deferred(key)
+        )
         await self._cache_journaled(entry)
         info = await self._settle(entry)
         assert info is not None
@@ -304,7 +305,7 @@ class Writes:
                 await self._filler.soon(lambda: self.cache.store_bytes(key, data, written))
                 return written
         entry = await self.journal.append_put_bytes(
-            key, data, metadata, durable=not self._holds.held(key)
+            key, data, metadata, durable=not self._holds.deferred(key)
         )
         await best_effort(self.cache.store_bytes(key, data, self._journal_info(entry)))
         info = await self._settle(entry)
@@ -318,7 +319,7 @@ class Writes:
                 await self.discard_soon(key)
                 return
         self._holds.stored_or_gone(key)
-        entry = await self.journal.append_delete(key)
+        entry = await self.journal.append_delete(key, durable=not self._holds.deferred(key))
         await best_effort(self.cache.discard(key))
         await self._settle(entry)
 
@@ -336,7 +337,9 @@ class Writes:
             # A chmod/chown/utime of a file whose upload is still journaled (a held temporary
             # name, write-back, an outage): the pending upload takes the new metadata.
             held = self._holds.held(src)
-            amended = await self._replayer.amend(pending, metadata, durable=not held)
+            amended = await self._replayer.amend(
+                pending, metadata, durable=not self._holds.deferred(src)
+            )
             if amended is not None:
                 if not held:  # the clean copy takes the new metadata too
                     meta = dict(metadata)
@@ -350,7 +353,9 @@ class Writes:
                 return info
         source = await self._stat(src)  # NotFound for a missing source, as a store would say
         meta = dict(metadata) if metadata is not None else dict(source.metadata or {})
-        entry = await self.journal.append_copy(src, dst, meta, size=source.size)
+        entry = await self.journal.append_copy(
+            src, dst, meta, size=source.size, durable=not self._holds.deferred(dst)
+        )
         if entry.op is Op.PUT:
             await self._cache_journaled(entry)
         else:

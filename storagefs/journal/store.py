@@ -10,11 +10,13 @@ Layout under ``directory``::
 directory) and its index row is committed with ``synchronous=FULL`` (the WAL is fsync'd). Small
 contents are stored inline in the row, so a small write costs one fsync, not three.
 
-An append or amendment made with ``durable=False`` (the chain's held temporary names) is
-committed with ``synchronous=NORMAL``: written to the WAL, so it survives the daemon being
-killed, but fsync'd only by the next durable commit, :meth:`Journal.make_durable` (an
-``fsync()`` of the file) or a barrier — WAL frames become durable in order, so a durable commit
-covers every commit before it.
+An append or amendment made with ``durable=False`` (write-back mode, and the chain's held
+temporary names) is committed with ``synchronous=NORMAL`` and its content file is written but
+not fsync'd: it survives the daemon being killed (the kernel has it), and is fsync'd by the next
+durable commit, :meth:`Journal.make_durable` (an ``fsync()`` of the file), the group commit
+(:meth:`Journal.commit_every`, ``STORAGEFS_COMMIT_INTERVAL``) or a barrier. WAL frames become
+durable in order, so a durable commit covers every commit before it: it fsyncs the content
+files of those commits first, so no durable row points at a file a power cut emptied.
 
 Acknowledgements that a target applied an entry are committed with ``synchronous=NORMAL``: no
 fsync of their own. WAL commits become durable in order, so a power cut can only forget the
@@ -130,6 +132,15 @@ class _Staged:
     content: str | None = None  # file name under content/
     consumed: Path | None = None  # an owned source to remove once committed
     moved_from: Path | None = None  # an owned source renamed into content/
+    synced: bool = True  # False: a content file not fsync'd yet (a durable=False append)
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -209,6 +220,7 @@ class Journal:
         self._changed = trio.Event()
         self._barrier_wanted = False
         self._unsynced = False  # a commit made with durable=False awaits an fsync of the WAL
+        self._unsynced_files: list[str] = []  # content files of those commits, not fsync'd
         self._inline_commits = 0  # commits on the trio thread since one in a worker thread
         self.quarantined = 0
         self.recovered_orphans = 0  # unacknowledged content files removed at open
@@ -253,8 +265,10 @@ class Journal:
             conn, self._conn = self._conn, None
             assert conn is not None
             garbage, self._garbage = self._garbage, []
+            files, self._unsynced_files = self._unsynced_files, []
 
             def finish() -> None:
+                self._sync_content(files)  # before the checkpoint makes their rows durable
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                 conn.close()
@@ -294,9 +308,9 @@ class Journal:
         try:
             with _disk_full_is_no_space():
                 if reserved <= self.inline_max:  # a few KiB read: cheaper than a thread hop
-                    staged = self._stage_file(source, owned)
+                    staged = self._stage_file(source, owned, durable)
                 else:
-                    staged = await trio.to_thread.run_sync(self._stage_file, source, owned)
+                    staged = await trio.to_thread.run_sync(self._stage_file, source, owned, durable)
             if staged.size > reserved:  # the file grew while we copied it
                 self._reserve(staged.size - reserved)
                 reserved = staged.size
@@ -326,7 +340,7 @@ class Journal:
                 staged = self._stage_bytes(bytes(data))
             else:
                 with _disk_full_is_no_space():
-                    staged = await trio.to_thread.run_sync(self._stage_bytes, bytes(data))
+                    staged = await trio.to_thread.run_sync(self._stage_bytes, bytes(data), durable)
             return await self._commit(Op.PUT, key, None, metadata, staged, durable=durable)
         except BaseException:
             if staged is not None:
@@ -335,12 +349,18 @@ class Journal:
         finally:
             self._reserved -= size
 
-    async def append_delete(self, key: str) -> Entry:
+    async def append_delete(self, key: str, *, durable: bool = True) -> Entry:
         self._db()
-        return await self._commit(Op.DELETE, key, None, None, None)
+        return await self._commit(Op.DELETE, key, None, None, None, durable=durable)
 
     async def append_copy(
-        self, src: str, dst: str, metadata: Mapping[str, str] | None, *, size: int = 0
+        self,
+        src: str,
+        dst: str,
+        metadata: Mapping[str, str] | None,
+        *,
+        size: int = 0,
+        durable: bool = True,
     ) -> Entry:
         """Journal a server-side copy (``size``: the source's, for the overlay).
 
@@ -359,7 +379,7 @@ class Journal:
             try:
                 with _disk_full_is_no_space():
                     staged = await trio.to_thread.run_sync(self._stage_shared, latest)
-                return await self._commit(Op.PUT, dst, None, meta, staged)
+                return await self._commit(Op.PUT, dst, None, meta, staged, durable=durable)
             except ContentGone:
                 pass  # applied everywhere meanwhile, so the remotes have src: a COPY will do
             except BaseException:
@@ -368,7 +388,7 @@ class Journal:
                 raise
             finally:
                 self._reserved -= latest.size
-        return await self._commit(Op.COPY, dst, src, metadata, None, size=size)
+        return await self._commit(Op.COPY, dst, src, metadata, None, size=size, durable=durable)
 
     async def set_metadata(
         self, entry: Entry, metadata: Mapping[str, str], *, durable: bool = True
@@ -409,17 +429,29 @@ class Journal:
         if durable or self._inline_commits >= _INLINE_COMMITS:
             sync = "FULL" if durable else "NORMAL"
 
+            files = self._unsynced_files if durable else []
+            if durable:
+                self._unsynced_files = []
+
             def run() -> T:
+                # Content first: the row this commit makes durable (and every earlier one the
+                # WAL order makes durable with it) must not point at a file a power cut empties.
+                self._sync_content(files)
                 db.execute(f"PRAGMA synchronous={sync}")
                 try:
                     return commit()
                 finally:
                     db.execute("PRAGMA synchronous=FULL")
 
-            result = await trio.to_thread.run_sync(run)
+            try:
+                result = await trio.to_thread.run_sync(run)
+            except BaseException:
+                self._unsynced_files[:0] = files
+                raise
             self._inline_commits = 0
-            if durable:
-                self._unsynced = False  # this commit's fsync of the WAL covered earlier ones
+            # A durable commit's fsync of the WAL covered earlier ones; one that is not leaves
+            # its own frames to the next.
+            self._unsynced = not durable
             return result
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA wal_autocheckpoint=0")
@@ -435,22 +467,44 @@ class Journal:
     async def make_durable(self) -> None:
         """fsync what commits made with ``durable=False`` wrote (an ``fsync()`` of a file
         whose upload was journaled that way); nothing to do when there are none."""
-        if not self._unsynced:
+        if not self._unsynced and not self._unsynced_files:
             await trio.lowlevel.checkpoint()
             return
         async with self._lock:
             db = Layout(self.directory).db
             wal = db.with_name(db.name + "-wal")
+            files, self._unsynced_files = self._unsynced_files, []
+            unsynced, self._unsynced = self._unsynced, False
 
             def sync() -> None:
-                fd = os.open(wal, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+                self._sync_content(files)
+                if unsynced:
+                    _fsync_path(wal)
 
-            await trio.to_thread.run_sync(sync)
-            self._unsynced = False
+            try:
+                await trio.to_thread.run_sync(sync)
+            except BaseException:
+                self._unsynced_files[:0] = files
+                self._unsynced = self._unsynced or unsynced
+                raise
+
+    def _sync_content(self, files: Sequence[str]) -> None:
+        """fsync content files written without it, then their directory (worker thread)."""
+        for name in files:
+            with contextlib.suppress(FileNotFoundError):  # applied and removed meanwhile
+                _fsync_path(self.content_dir / name)
+        if files:
+            fsync_dir(self.content_dir)
+
+    async def commit_every(self, interval: float) -> None:
+        """Group commit: every ``interval`` seconds, make what ``durable=False`` commits wrote
+        durable (ext4's ``commit=``). A power cut then forgets at most the last interval of
+        such appends; the daemon being killed forgets none (they are written)."""
+        if interval <= 0:
+            await trio.sleep_forever()
+        while True:
+            await trio.sleep(interval)
+            await self.make_durable()
 
     def _reserve(self, size: int) -> None:
         if self._bytes + self._reserved + size > self.max_bytes:
@@ -484,6 +538,9 @@ class Journal:
                 self._unlink_content(garbage)
                 return seq
 
+            if staged is not None and staged.content is not None and not staged.synced:
+                # Before the commit: any durable commit from here on fsyncs it first.
+                self._unsynced_files.append(staged.content)
             try:
                 # One thread call, and no checkpoint between it and the mirror update below:
                 # a cancellation cannot leave a committed entry out of the mirror.
@@ -516,7 +573,9 @@ class Journal:
     # The steps below run in worker threads. Tests of crash recovery wrap them to end the
     # process at a chosen point, so each is one step of the protocol.
 
-    def _stage_file(self, source: Path, owned: bool) -> _Staged:
+    def _stage_file(self, source: Path, owned: bool, sync: bool = True) -> _Staged:
+        """``source`` staged as content (inline when small). ``sync``: fsync'd here (file
+        and directory); otherwise the next durable commit or make_durable does it."""
         size = source.stat().st_size
         if size <= self.inline_max:
             data = source.read_bytes()
@@ -533,15 +592,13 @@ class Journal:
                 if exc.errno != errno.EXDEV:
                     raise
             else:
-                staged = _Staged(0, "", content=name, moved_from=source)
+                staged = _Staged(0, "", content=name, moved_from=source, synced=sync)
                 try:
-                    fd = os.open(dest, os.O_RDONLY)
-                    try:
-                        os.fsync(fd)
-                    finally:
-                        os.close(fd)
+                    if sync:
+                        _fsync_path(dest)
                     staged.size, staged.sha256 = sha256_file(dest)
-                    fsync_dir(self.content_dir)
+                    if sync:
+                        fsync_dir(self.content_dir)
                 except BaseException:
                     self._unstage(staged)
                     raise
@@ -555,13 +612,16 @@ class Journal:
                     out.write(chunk)
                     size += len(chunk)
                 out.flush()
-                os.fsync(out.fileno())
-            fsync_dir(self.content_dir)
+                if sync:
+                    os.fsync(out.fileno())
+            if sync:
+                fsync_dir(self.content_dir)
         except BaseException:
             with contextlib.suppress(OSError):
                 dest.unlink()
             raise
-        return _Staged(size, digest.hexdigest(), content=name, consumed=source if owned else None)
+        consumed = source if owned else None
+        return _Staged(size, digest.hexdigest(), content=name, consumed=consumed, synced=sync)
 
     def _unstage(self, staged: _Staged) -> None:
         """Undo staging after a failed append: the caller keeps (or gets back) its file."""
@@ -575,7 +635,7 @@ class Journal:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
 
-    def _stage_bytes(self, data: bytes) -> _Staged:
+    def _stage_bytes(self, data: bytes, sync: bool = True) -> _Staged:
         digest = hashlib.sha256(data).hexdigest()
         if len(data) <= self.inline_max:
             return _Staged(size=len(data), sha256=digest, inline=data)
@@ -585,13 +645,15 @@ class Journal:
             with open(dest, "xb") as out:
                 out.write(data)
                 out.flush()
-                os.fsync(out.fileno())
-            fsync_dir(self.content_dir)
+                if sync:
+                    os.fsync(out.fileno())
+            if sync:
+                fsync_dir(self.content_dir)
         except BaseException:
             with contextlib.suppress(OSError):
                 dest.unlink()
             raise
-        return _Staged(size=len(data), sha256=digest, content=name)
+        return _Staged(size=len(data), sha256=digest, content=name, synced=sync)
 
     def _stage_shared(self, entry: Entry) -> _Staged:
         assert entry.sha256 is not None
