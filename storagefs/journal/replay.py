@@ -383,8 +383,15 @@ class Replayer:
                     and entry.seq not in self._amending
                     and blocked.isdisjoint(keys)
                     and not (follow and self.journal.is_pending(entry.seq, primary))
-                    and not self._held(entry, target)
                 )
+                if ready and self._held(entry, target):
+                    if self.settles is None:
+                        # Every key waits (write-back) and entries come in the order they
+                        # were made: all after this one are held too. Stopping here keeps a
+                        # dispatch at the entries in flight plus one, where scanning the
+                        # whole backlog on every append made a burst of closes quadratic.
+                        break
+                    ready = False
                 blocked.update(keys)
                 if ready:
                     state.in_flight.add(entry.seq)

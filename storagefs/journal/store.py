@@ -221,6 +221,7 @@ class Journal:
         self._barrier_wanted = False
         self._unsynced = False  # a commit made with durable=False awaits an fsync of the WAL
         self._unsynced_files: list[str] = []  # content files of those commits, not fsync'd
+        self._unsynced_since = trio.Event()  # set by such a commit: the group commit's cue
         self._inline_commits = 0  # commits on the trio thread since one in a worker thread
         self.quarantined = 0
         self.recovered_orphans = 0  # unacknowledged content files removed at open
@@ -452,6 +453,8 @@ class Journal:
             # A durable commit's fsync of the WAL covered earlier ones; one that is not leaves
             # its own frames to the next.
             self._unsynced = not durable
+            if not durable:
+                self._unsynced_since.set()
             return result
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA wal_autocheckpoint=0")
@@ -462,6 +465,7 @@ class Journal:
             db.execute("PRAGMA synchronous=FULL")
         self._inline_commits += 1
         self._unsynced = True
+        self._unsynced_since.set()
         return result
 
     async def make_durable(self) -> None:
@@ -503,7 +507,10 @@ class Journal:
         if interval <= 0:
             await trio.sleep_forever()
         while True:
+            # Asleep while nothing waits for an fsync: no wake-ups on an idle mount.
+            await self._unsynced_since.wait()
             await trio.sleep(interval)
+            self._unsynced_since = trio.Event()  # commits from here on: the next round
             await self.make_durable()
 
     def _reserve(self, size: int) -> None:
