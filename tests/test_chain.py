@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import random
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -25,6 +26,7 @@ from storagefs.backends.base import (
 )
 from storagefs.chain.fallback import FallbackChain
 from storagefs.config import Settings
+from storagefs.fs.inodes import ROOT_INODE
 from storagefs.observability.health import HealthReport
 from storagefs.resilience.backend import ResilientBackend, RetryPolicy
 from tests.fakes import MemoryBackend
@@ -886,3 +888,29 @@ async def test_a_hung_primary_does_not_hold_a_small_write(tmp_path: Path) -> Non
         primary.release()
         assert await chain.flush(60)
     assert contents(primary) == contents(secondary) == {"a": b"1", "b": b"2"}
+
+
+async def test_write_back_close_waits_for_no_fsync_and_fsync_makes_it_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """STORAGEFS_WRITE_MODE=back (docs/SEMANTICS.md): a close is acknowledged once the
+    journal's files hold the data, without an fsync; fsync() returns once the WAL (and a
+    content file) are fsync'd; the upload follows."""
+    from tests.core.conftest import make_fs, write_file
+    from tests.test_journal import FsyncLog
+
+    primary = FaultyBackend(MemoryBackend("primary"))
+    async with running(tmp_path / "c", (primary,), write_mode="back") as chain:
+        fs = make_fs(chain, tmp_path)
+        log = FsyncLog(monkeypatch)
+        await write_file(fs, "small", b"closed, not fsync'd")  # create, write, flush, release
+        assert "journal.db-wal" not in log.names(), log.names()
+        ino = (await fs.lookup(ROOT_INODE, "small")).ino
+        fh, _ = await fs.open(ino, os.O_WRONLY)
+        await fs.write(fh, 0, b"C")
+        await fs.fsync(fh)
+        assert "journal.db-wal" in log.names(), "fsync() returned before the journal synced"
+        await fs.release(fh)
+        assert await chain.flush(10)
+        assert contents(primary)["small"] == b"Closed, not fsync'd"
+        fs.close()

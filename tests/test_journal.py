@@ -457,7 +457,7 @@ class FsyncLog:
         real = os.fsync
 
         def fsync(fd: int) -> None:
-            self.paths.append(os.readlink(f"/proc/self/fd/{fd}"))
+            self.paths.append(str(Path(f"/proc/self/fd/{fd}").readlink()))
             real(fd)
 
         monkeypatch.setattr(os, "fsync", fsync)
