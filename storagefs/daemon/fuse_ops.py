@@ -94,7 +94,11 @@ class StorageOperations(pyfuse3.Operations):
         try:
             node = await self.fs.lookup(parent_inode, decode_name(name))
         except FSError as exc:
-            absent = self.fs.absent_for(parent_inode) if exc.errno == errno.ENOENT else 0.0
+            absent = (
+                self.fs.absent_for(parent_inode, decode_name(name))
+                if exc.errno == errno.ENOENT
+                else 0.0
+            )
             if absent <= 0:
                 raise
             # A negative entry: the kernel answers ENOENT for the name itself for that long

@@ -173,14 +173,14 @@ class Filesystem:
         return self.known.trusted_for(node)
 
     @posix_op
-    def absent_for(self, parent_ino: int) -> float:
-        """Seconds the kernel may remember that a name it looked up is not in directory
-        ``parent_ino`` (StoreView decides; 0 for an inode that is no longer known)."""
+    def absent_for(self, parent_ino: int, name: str | None = None) -> float:
+        """Seconds the kernel may remember that ``name`` is not in directory ``parent_ino``
+        (StoreView decides; 0 for an inode that is no longer known)."""
         try:
             parent = self.inodes.get(parent_ino)
         except FSError:
             return 0.0
-        return self.known.absent_for(parent)
+        return self.known.absent_for(parent, name)
 
     def _check_room(self, key: str) -> None:
         check_room(key, self.options.max_key_bytes)

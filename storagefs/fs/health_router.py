@@ -79,10 +79,10 @@ class HealthRouter:
     def trusted_for(self, node: Node) -> float:
         return self.core.trusted_for(node)  # health nodes expire on the same clock
 
-    def absent_for(self, parent_ino: int) -> float:
+    def absent_for(self, parent_ino: int, name: str | None = None) -> float:
         if self._owned(parent_ino):
             return 0.0  # its names come and go with the chain's state
-        return self.core.absent_for(parent_ino)
+        return self.core.absent_for(parent_ino, name)
 
     def forget(self, ino: int, count: int) -> None:
         if not self._owned(ino):  # health nodes are made fresh per request: nothing to drop

@@ -34,7 +34,7 @@ from storagefs.fs.attrs import Attrs, extra_metadata
 from storagefs.fs.dirs import DirCache, Entry, Listing
 from storagefs.fs.inodes import ROOT_INODE, InodeTable, Node
 from storagefs.fs.metadata_cache import MetadataCache
-from storagefs.fs.names import dir_prefix, parent_and_name
+from storagefs.fs.names import child_path, dir_prefix, parent_and_name
 from storagefs.fs.options import FsOptions
 
 log = logging.getLogger("storagefs.fs")
@@ -46,6 +46,8 @@ DIR_TIMES_MAX = 100_000
 PEEKED_FILES = 256
 # Inode objects' attributes kept (for listings of pointers); the oldest go first.
 INODE_OBJECTS_MAX = 10_000
+# Names a lookup found on no store, remembered for the metadata TTL; the oldest go first.
+ABSENT_MAX = 100_000
 
 
 class StoreView:
@@ -71,6 +73,11 @@ class StoreView:
         # of each), so these live for the mount's life and win over older stored times.
         # Bounded: the oldest go first, and those directories show stored times again.
         self._dir_times: collections.OrderedDict[str, tuple[int, int]] = collections.OrderedDict()
+        # Paths the store answered "no such name" for, by path: when that stops being trusted.
+        # A cp/tar/mkdir looks the same new name up three or four times (the stat, the
+        # create's own check, the kernel's revalidation); each answer from the store costs a
+        # HEAD and a one-entry listing (issue #23: 8 requests for one new directory).
+        self._absent: collections.OrderedDict[str, float] = collections.OrderedDict()
         # Inode objects' stat results (with metadata), by id, trusted until their expiry.
         self._inode_objects: collections.OrderedDict[str, tuple[ObjectInfo, float]] = (
             collections.OrderedDict()
@@ -95,14 +102,41 @@ class StoreView:
         for a whole TTL more)."""
         return min(self.options.metadata_ttl, max(0.0, node.expires - self.now()))
 
-    def absent_for(self, parent: Node) -> float:
-        """Seconds the kernel may remember that a name it looked up is not in directory
-        ``parent``: as long as the cached listing that said so is trusted; 0 when no
-        listing is (the store was asked, and nothing bounds that answer but a new question)."""
-        listing = None if parent.path is None else self.dirs.get(parent.path, self.now())
-        if listing is None:
+    def absent_for(self, parent: Node, name: str | None = None) -> float:
+        """Seconds the kernel may remember that ``name`` is not in directory ``parent``: as
+        long as the cached listing or the remembered answer that said so is trusted; 0 when
+        neither is."""
+        if parent.path is None:
             return 0.0
-        return min(self.options.metadata_ttl, listing.expires - self.now())
+        listing = self.dirs.get(parent.path, self.now())
+        seen = 0.0 if listing is None else listing.expires - self.now()
+        if name is not None:
+            path = child_path(parent.path, name)
+            seen = max(seen, self.absent(path))
+        return max(0.0, min(self.options.metadata_ttl, seen))
+
+    def remember_absent(self, path: str) -> None:
+        """The store said ``path`` is no name: trusted for the metadata TTL, unless the
+        mount makes the name (a node for it then answers first, see :meth:`absent`)."""
+        self._absent[path] = self.expiry()
+        self._absent.move_to_end(path)
+        while len(self._absent) > ABSENT_MAX:
+            self._absent.popitem(last=False)
+
+    def absent(self, path: str) -> float:
+        """Seconds ``path`` is still known to be no name (0: ask). Never while this mount
+        knows a node of that name: one it created since, or found another way."""
+        until = self._absent.get(path)
+        if until is None:
+            return 0.0
+        left = until - self.now()
+        if left <= 0 or self.inodes.by_path(path) is not None:
+            del self._absent[path]
+            return 0.0
+        return left
+
+    def forget_absent(self, path: str) -> None:
+        self._absent.pop(path, None)
 
     def listing(self, path: str) -> Listing | None:
         """The cached listing of directory ``path`` while it is trusted."""

@@ -237,6 +237,8 @@ class Lookup:
         """Find ``path`` on the store: answered by the parent's listing when fresh, else by a
         HEAD of the key, then (no file) a one-entry listing of ``path/`` (a directory)."""
         parent, name = parent_and_name(path)
+        if self.known.absent(path) > 0:
+            raise FSError(errno.ENOENT)
         cached = self.known.dirs.get(parent, self.known.now())
         if cached is None:
             cached = await self._relisted(parent)
@@ -338,6 +340,8 @@ class Lookup:
                 # treat it as absent, so new files can still be created (and journaled)
                 # during a total outage. If it does exist remotely, the newer write wins.
                 log.debug("no backend answers for %r; treating it as absent", path)
+            else:
+                self.known.remember_absent(path)  # every store answered: no such name
             raise FSError(errno.ENOENT)
         meta = file_info.metadata or {}
         self.known.remember_meta(file_info, meta, headed=True)

@@ -59,7 +59,7 @@ class Router:
         await trio.lowlevel.checkpoint()
         raise FSError(errno.ENOENT)
 
-    def absent_for(self, parent_ino: int) -> float:
+    def absent_for(self, parent_ino: int, name: str | None = None) -> float:
         return self.absent
 
 
