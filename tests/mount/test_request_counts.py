@@ -14,7 +14,7 @@ from tests.mount.stores import S3Store, Store
 
 pytestmark = pytest.mark.mount
 
-REQUEST = re.compile(r'"(?:\x1b\[[0-9;]*m)?(GET|PUT|HEAD|POST|DELETE) (\S+) HTTP')
+REQUEST = re.compile(r'"(?:\x1b\[[0-9;]*m)*(GET|PUT|HEAD|POST|DELETE) (\S+) HTTP')  # colored
 
 
 class RequestLog:
@@ -54,3 +54,34 @@ def test_cp_r_of_new_small_files_into_a_new_directory(
     others = [(method, path) for method, path in made if method != "PUT"]
     assert len(others) <= 2, f"{len(others)} requests besides the PUTs: {others}"
     assert kinds["PUT"] == 101
+
+
+@pytest.mark.parametrize("store", [S3], indirect=True)
+def test_stat_of_a_missing_name_twice_asks_once(
+    store: Store, mount: MountFactory, request: pytest.FixtureRequest
+) -> None:
+    m = mount(store)
+    log = RequestLog(request.getfixturevalue("moto_server").log_path)
+    for _ in range(2):
+        assert m.sh("stat nothing-here").returncode != 0
+    made = log.since()
+    assert len(made) <= 2, f"{len(made)} requests for one missing name: {made}"
+
+
+@pytest.mark.parametrize("store", [S3], indirect=True)
+def test_rm_r_of_a_directory_of_100_files(
+    store: Store, mount: MountFactory, request: pytest.FixtureRequest
+) -> None:
+    """Files this mount wrote (their metadata known): a DELETE per object and the listing
+    that finds them, no HEAD before a DELETE. (Objects of other tools still cost a HEAD each
+    at the lookup, for the attributes the kernel is given.)"""
+    assert isinstance(store, S3Store)
+    m = mount(store)
+    ok(f"mkdir {m.path}/d && for i in $(seq 100); do echo $i > {m.path}/d/f$i; done")
+    log = RequestLog(request.getfixturevalue("moto_server").log_path)
+    ok(f"rm -r {m.path}/d")
+    made = log.since()
+    kinds = Counter(method for method, _ in made)
+    assert kinds["HEAD"] == 0 and kinds["DELETE"] <= 101, dict(kinds)
+    assert len(made) <= 103, f"{len(made)} requests: {dict(kinds)}"
+    assert store.list_keys() == []
