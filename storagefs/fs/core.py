@@ -371,6 +371,7 @@ class Filesystem:
         self.known.forget_dir_times(path)  # a new directory: its own times, not a former one's
         node = self.inodes.upsert(path, attrs, None, self.known.expiry())
         node.lookups += 1
+        self.known.made(path)
         self.known.touch_dir(where)
         return node
 
@@ -410,6 +411,7 @@ class Filesystem:
         if attrs.is_link:
             node.target = body
         node.lookups += 1
+        self.known.made(path)
         self.known.touch_dir(where)
         return node
 
@@ -524,6 +526,7 @@ class Filesystem:
             self.files.start_stream(ofile)
         fh = self.files.add_handle(Handle(ofile, writable=True, write_only=_write_only(flags)))
         self.known.dirs.add(where, Entry(name, False, ObjectInfo(path, 0, now)))
+        self.known.made(path)
         self.known.touch_dir(where)
         return fh, node
 
@@ -777,6 +780,7 @@ class Filesystem:
                 await self.links.name_removed(target)  # its pointer was replaced
         self.inodes.move(src, dst, tree=node.attrs.is_dir)
         self.known.move_dir_times(src, dst, node)
+        self.known.made(dst, tree=node.attrs.is_dir)
         self.known.touch_dir(old_parent.path)
         self.known.touch_dir(new_parent.path)
         self.known.dirs.remove(old_parent.path, old_name)

@@ -135,8 +135,17 @@ class StoreView:
             return 0.0
         return left
 
-    def forget_absent(self, path: str) -> None:
+    def made(self, path: str, tree: bool = False) -> None:
+        """This mount made ``path`` a name (created it, or renamed something to it; ``tree``:
+        a directory, so names below it may exist now too). Whatever the store said about it
+        before no longer holds, even once the kernel forgets the new node: the node check in
+        :meth:`absent` ends with the node, and a stale "no such name" would then hide a file
+        this mount acknowledged (a renamed directory after ``drop_caches``)."""
         self._absent.pop(path, None)
+        if tree:
+            prefix = path + "/" if path else ""
+            for below in [p for p in self._absent if p.startswith(prefix)]:
+                del self._absent[below]
 
     def listing(self, path: str) -> Listing | None:
         """The cached listing of directory ``path`` while it is trusted."""

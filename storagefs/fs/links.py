@@ -220,6 +220,7 @@ class HardLinks:
         self.inodes.add_name(node, path)
         node.lookups += 1
         node.expires = self.known.expiry()
+        self.known.made(path)
         self.known.touch_dir(where)
         return node
 
