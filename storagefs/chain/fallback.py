@@ -214,16 +214,6 @@ class FallbackChain(StoreBase):
                 await self.journal.wait_changed()
         return self.journal.drained()
 
-    async def drain_if_up(self, timeout: float) -> bool:  # noqa: ASYNC109
-        """A clean unmount: send what only waits out its write-back delay (held names,
-        directory markers, write-back closes) while every remote answers, for at most
-        ``timeout`` seconds. What is left stays in the journal for the next mount."""
-        if self.journal.drained():
-            return True
-        if not all(self.replayer.is_up(remote.name) for remote in self.remotes):
-            return False
-        return await self.flush(timeout)
-
     async def health(self) -> None:
         last: BaseException | None = None
         for remote in self.remotes:

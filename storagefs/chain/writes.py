@@ -98,27 +98,8 @@ class Holds:
 
     def deferred(self, key: str) -> bool:
         """Changes of ``key`` wait in the journal and are not waited for: every key in
-        write-back mode; held names and directory markers in write-through mode."""
-        return self._options.write_mode == "back" or self.held(key) or self.folds(key)
-
-    def deferred_delete(self, key: str) -> bool:
-        """A delete of ``key`` waits in the journal (write-back, held names)."""
+        write-back mode, held names in write-through mode."""
         return self._options.write_mode == "back" or self.held(key)
-
-    def folds(self, key: str) -> bool:
-        """A directory marker (``dir/``) in write-through mode, while held names are on: the
-        marker carries the directory's attributes, and ``tar x``, ``cp -a`` and ``rsync``
-        follow every mkdir with a chown, a chmod and a utimens (issue #23: 4 PUTs of the
-        same empty marker per directory, half the requests of a ``tar x``). Held like a
-        temporary name, they fold into one PUT ``write_back_delay`` after the last change;
-        the journal keeps them across a killed daemon, as it keeps held names. An empty
-        directory is all the marker holds: a file inside is written straight through
-        whether or not its directory's marker is out yet (a prefix needs no marker)."""
-        return (
-            self._held_names is not None
-            and self._options.write_mode == "through"
-            and key.endswith("/")
-        )
 
     def note_size(self, key: str, size: int) -> None:
         """A file of ``size`` bytes is written as ``key``: a held name too big for the journal
@@ -246,14 +227,11 @@ class Writes:
         """An fsync(): what the journal holds for held names is fsync'd too."""
         await self.journal.make_durable()
 
-    def _direct(self, key: str, *more: str, deleting: bool = False) -> bool:
+    def _direct(self, key: str, *more: str) -> bool:
         keys = (key, *more)
-        # A directory marker folds its puts (Holds.folds), not its delete: an rmdir is on
-        # the store when it returns, as in write-through it should be.
-        waits = self._holds.deferred_delete if deleting else self._holds.deferred
         return (
             len(self._reach.remotes) == 1
-            and not any(waits(k) for k in keys)
+            and not any(self._holds.deferred(k) for k in keys)
             and self._replayer.is_up(self._reach.primary.name)
             and not self._reach.state_of[self._reach.primary.name].unwell()
             and all(self.journal.latest(k) is None for k in keys)
@@ -335,13 +313,13 @@ class Writes:
         return info
 
     async def delete(self, key: str) -> None:
-        if self._direct(key, deleting=True):
+        if self._direct(key):
             done, _ = await self._try_direct(lambda r: r.delete(key))
             if done:
                 await self.discard_soon(key)
                 return
         self._holds.stored_or_gone(key)
-        entry = await self.journal.append_delete(key, durable=not self._holds.deferred_delete(key))
+        entry = await self.journal.append_delete(key, durable=not self._holds.deferred(key))
         await best_effort(self.cache.discard(key))
         await self._settle(entry)
 
@@ -417,8 +395,7 @@ class Writes:
     async def _settle(self, entry: Entry) -> ObjectInfo | None:
         """Wait for the primary as the write mode says; what the caller gets back."""
         fallback = None if entry.op is Op.DELETE else self._journal_info(entry)
-        holds = self._holds
-        if (holds.deferred_delete if entry.op is Op.DELETE else holds.deferred)(entry.key):
+        if self._holds.deferred(entry.key):
             await trio.lowlevel.checkpoint()
             return fallback
         result = await self._replayer.wait(

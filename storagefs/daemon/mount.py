@@ -134,13 +134,6 @@ async def serve(
                     nursery.start_soon(syncer.run)
                     nursery.start_soon(syncer.kick_on_signal)
                 await pyfuse3.main()
-                # Unmounted (fusermount -u, a signal): finish what the kernel handed over,
-                # then give the stores what only waits for its settle, so that another
-                # host (or a mount with another cache) sees it, as `storagefs unmount`'s
-                # drain would have.
-                await _upload_dirty(fs)
-                if not await chain.drain_if_up(UNMOUNT_DRAIN_SECONDS):
-                    log.info("changes left in the journal; the next mount replays them")
                 nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
@@ -149,9 +142,6 @@ async def serve(
             pyfuse3.close(unmount=True)
             fs.close()
     log.info("unmounted %s", mountpoint)
-
-
-UNMOUNT_DRAIN_SECONDS = 10.0  # a bound, not a wait: a drained journal ends it at once
 
 
 def _backlog(chain: FallbackChain) -> tuple[int, int]:

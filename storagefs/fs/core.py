@@ -364,7 +364,6 @@ class Filesystem:
         await self.lookup_path.ensure_absent(path)
         attrs = self._new_attrs(parent, stat.S_IFDIR, mode, uid, gid)
         meta = attrs.to_metadata()
-        note_created(self.backend, dir_prefix(path))  # a marker not yet out needs no DELETE
         await self.backend.write_bytes(dir_prefix(path), b"", meta)
         self.known.memo(dir_prefix(path), "dir", meta)
         self.known.dirs.add(where, Entry(name, True, None))
@@ -457,10 +456,6 @@ class Filesystem:
             raise FSError(errno.ENOTDIR)
         if await self.lookup_path.children(path):
             raise FSError(errno.ENOTEMPTY)
-        # A marker still waiting to go out (Writes' folding) is dropped, and the delete is
-        # sent anyway: a store may hold the directory without its marker (the local
-        # backend's real directory, made by the files that were in it).
-        await forget_unstored(self.backend, dir_prefix(path))
         await self.backend.delete(dir_prefix(path))
         self.known.memo(dir_prefix(path), None, None)
         self.known.dirs.remove(parent.path, name)
